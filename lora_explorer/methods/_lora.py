@@ -1,0 +1,42 @@
+"""Shared by every method built on a PEFT LoRA model: the parameters, the config, save and restore."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from lora_explorer.methods.base import BuildContext, Param
+
+RANK = Param("rank", int, 8, "adapter rank r", 1, 4096)
+ALPHA = Param("alpha", float, 16.0, "LoRA alpha; the update is scaled by alpha/r", 1e-3, 1e6)
+DROPOUT = Param("dropout", float, 0.0, "dropout on the adapter input", 0.0, 0.9)
+TARGETS = Param("target_modules", str, "auto",
+                "layers to adapt: auto (the model's default), all-linear, or comma-separated names")
+LORA_PARAMS = (RANK, ALPHA, DROPOUT, TARGETS)
+
+
+def lora_config(ctx: BuildContext, **variant) -> LoraConfig:
+    from lora_explorer.models import matching_linears
+
+    p = ctx.params
+    return LoraConfig(r=p["rank"], lora_alpha=p["alpha"], lora_dropout=p["dropout"],
+                      target_modules=sorted(matching_linears(ctx.bundle, p["target_modules"])),
+                      modules_to_save=ctx.bundle.head_modules or None, **variant)
+
+
+def peft_model(ctx: BuildContext, **variant) -> PeftModel:
+    return get_peft_model(ctx.bundle.model, lora_config(ctx, **variant))
+
+
+def adamw(model: torch.nn.Module, ctx: BuildContext) -> torch.optim.AdamW:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=ctx.lr, weight_decay=ctx.weight_decay)
+
+
+def save_adapter(model: PeftModel, run_dir: Path) -> None:
+    model.save_pretrained(str(Path(run_dir) / "adapter"))  # safetensors; loads with PeftModel.from_pretrained
+
+
+def restore_adapter(base: torch.nn.Module, run_dir: Path, _params: dict) -> PeftModel:
+    return PeftModel.from_pretrained(base, str(Path(run_dir) / "adapter"))

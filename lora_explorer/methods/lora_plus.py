@@ -1,0 +1,26 @@
+"""LoRA+ (Hayou et al. 2024): LoRA with B's learning rate `ratio` times A's.
+
+peft's create_loraplus_optimizer puts every 1-D parameter (biases, norms) in B's group too, and
+ignores a plain `weight_decay=` (pitfall): the decay goes through `loraplus_weight_decay`.
+"""
+import torch
+from peft.optimizers import create_loraplus_optimizer
+
+from lora_explorer.methods import _lora
+from lora_explorer.methods.base import Method, Param, Setup, register
+
+RATIO = Param("ratio", float, 16.0, "lr_B / lr_A (the paper suggests about 16)", 1.0, 1024.0)
+
+
+def build(ctx):
+    model = _lora.peft_model(ctx)
+    optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=ctx.lr,
+                                          loraplus_lr_ratio=ctx.params["ratio"],
+                                          loraplus_weight_decay=ctx.weight_decay)
+    return Setup(model, optimizer)
+
+
+register(Method(
+    id="lora-plus", summary="LoRA with a larger learning rate for B (lr_B = ratio x lr_A)",
+    params=_lora.LORA_PARAMS + (RATIO,), build=build, save=_lora.save_adapter, restore=_lora.restore_adapter,
+    paper="Hayou, Ghosh, Yu 2024, arXiv:2402.12354"))

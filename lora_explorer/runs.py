@@ -1,0 +1,186 @@
+"""The run directory: the one interface between training, analysis, the app, the CLI and notebooks.
+
+    <runs root>/<run id>/
+        config.json       every resolved setting + library versions
+        metrics.jsonl     one JSON object per logged step (append-only, flushed per line)
+        summary.json      status and final numbers, always replaced atomically
+        adapter/ | weights.safetensors   trained weights (PEFT adapter, or full FT weights)
+        base.safetensors  base weights of models built from a config (toy, tiny-lm)
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_explorer.errors import ConfigError
+
+STATUSES = ("running", "completed", "stopped", "diverged", "failed", "interrupted")
+_LIVE = set()  # run dirs trained by this process right now
+_LIVE_LOCK = threading.Lock()
+
+
+def runs_root(path: str | os.PathLike | None = None) -> Path:
+    return Path(path or os.environ.get("LORA_EXPLORER_RUNS") or "runs").expanduser().resolve()
+
+
+def _atomic_write_json(path: Path, data: dict) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(partial, "w") as handle:
+        json.dump(data, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Every complete line of metrics.jsonl; a truncated or corrupt line is skipped, never fatal."""
+    records = []
+    try:
+        with open(path) as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    records.append(record)
+    except OSError:
+        pass
+    return records
+
+
+class Run:
+    """Writer and reader of one run directory."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._metrics = None
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    # ---- writing (the training process)
+    @classmethod
+    def create(cls, root: Path, method: str) -> "Run":
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"cannot create runs directory {str(root)!r}: {error.strerror or error}") from None
+        if not os.access(root, os.W_OK):
+            raise ConfigError(f"runs directory {str(root)!r} is not writable")
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{secrets.token_hex(3)}"
+        path = root / run_id
+        path.mkdir()
+        return cls(path)
+
+    def write_config(self, config: dict) -> None:
+        _atomic_write_json(self.path / "config.json", config)
+
+    def log(self, record: dict) -> None:
+        if self._metrics is None:
+            self._metrics = open(self.path / "metrics.jsonl", "a", buffering=1)  # line-buffered
+        self._metrics.write(json.dumps(record) + "\n")
+
+    def write_summary(self, summary: dict) -> None:
+        summary = {**summary, "pid": os.getpid(), "host": socket.gethostname(), "updated_at": time.time()}
+        with _LIVE_LOCK:
+            if summary.get("status") == "running":
+                _LIVE.add(self.path.resolve())
+            else:
+                _LIVE.discard(self.path.resolve())
+        _atomic_write_json(self.path / "summary.json", summary)
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+    # ---- reading (anyone)
+    def config(self) -> dict:
+        return read_json(self.path / "config.json") or {}
+
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path / "metrics.jsonl")
+
+    def summary(self) -> dict:
+        """The summary, with a run whose process has died while running marked `interrupted`."""
+        summary = read_json(self.path / "summary.json")
+        if summary is None:
+            return {"status": "interrupted", "error": "summary.json missing or unreadable"}
+        if summary.get("status") == "running" and not self._alive(summary):
+            summary = {**summary, "status": "interrupted",
+                       "error": "the training process ended while the run was running"}
+            try:
+                _atomic_write_json(self.path / "summary.json", summary)
+            except OSError:
+                pass  # read-only runs root: still report it as interrupted
+        return summary
+
+    def _alive(self, summary: dict) -> bool:
+        if summary.get("host") not in (None, socket.gethostname()):
+            return True  # another machine's process: we cannot tell
+        pid = summary.get("pid")
+        if pid == os.getpid():
+            with _LIVE_LOCK:
+                return self.path.resolve() in _LIVE
+        try:
+            os.kill(int(pid), 0)
+        except (ProcessLookupError, TypeError, ValueError):
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+@dataclass
+class RunInfo:
+    id: str
+    path: Path
+    config: dict
+    summary: dict
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "interrupted")
+
+
+def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
+    """All runs under the root, newest first; folders that are not runs are ignored."""
+    base = runs_root(root)
+    if not base.is_dir():
+        return []
+    infos = []
+    for path in base.iterdir():
+        if path.is_dir() and (path / "config.json").exists():
+            run = Run(path)
+            infos.append(RunInfo(run.id, path, run.config(), run.summary()))
+    return sorted(infos, key=lambda info: info.id, reverse=True)
+
+
+def open_run(path_or_id: str | os.PathLike, root: str | os.PathLike | None = None) -> Run:
+    """A run by directory path, or by id under the runs root; the id may not leave the root."""
+    candidate = Path(path_or_id)
+    if not candidate.is_dir():
+        base = runs_root(root)
+        candidate = (base / str(path_or_id)).resolve()
+        if base not in candidate.parents:
+            raise ConfigError(f"run {str(path_or_id)!r} is outside the runs directory")
+    if not (candidate / "config.json").exists():
+        raise ConfigError(f"{str(path_or_id)!r} is not a run directory (no config.json)")
+    return Run(candidate)

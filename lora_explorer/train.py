@@ -1,0 +1,271 @@
+"""The training loop: one function for every method, readable top to bottom.
+
+A method hands back (model, optimizer, hooks); the loop never asks which method it runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lora_explorer import models, runs, tasks
+from lora_explorer.config import RunConfig, resolve
+from lora_explorer.methods import get_method
+from lora_explorer.methods.base import BuildContext
+
+SUMMARY_EVERY_S = 2.0  # how often a running run refreshes summary.json
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        from lora_explorer.errors import ConfigError
+
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
+    return torch.device(requested)
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def versions() -> dict:
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def data_order(num_examples: int, batch_size: int, seed: int):
+    """Batches of indices from consecutive random permutations; depends only on the seed."""
+    generator = torch.Generator().manual_seed(seed)
+    pending = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(pending) < batch_size:
+            pending = torch.cat([pending, torch.randperm(num_examples, generator=generator)])
+        yield pending[:batch_size]
+        pending = pending[batch_size:]
+
+
+def lr_factor(config: RunConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / (config.warmup_steps + 1)
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        if config.lr_schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if config.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return factor
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    unique = {id(p): p for p in model.parameters()}.values()  # tied/shared parameters count once
+    return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
+
+
+class MemoryMeter:
+    """Peak memory of the run: CUDA's allocator peak on a GPU, the process's resident set otherwise."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mb = 0.0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def sample(self) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        try:
+            with open("/proc/self/statm") as handle:
+                resident_pages = int(handle.read().split()[1])
+            self.peak_mb = max(self.peak_mb, resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20)
+        except (OSError, ValueError, IndexError):
+            pass
+
+
+def _finite(value):
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def load_base(config: RunConfig, spec, progress=None) -> models.ModelBundle:
+    torch.manual_seed(config.seed)  # same seed, same head initialisation for every method
+    num_labels = tasks.num_labels(spec)
+    return models.load_model(config.model, spec.kind, num_labels=num_labels,
+                             trust_remote_code=config.trust_remote_code, progress=progress)
+
+
+def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
+          stop_event: threading.Event | None = None,
+          on_record: Callable[[dict], None] | None = None,
+          on_status: Callable[[str], None] | None = None,
+          on_run: Callable[[runs.Run], None] | None = None) -> runs.Run:
+    """Train one run and return its run directory. Bad input raises ConfigError before anything is
+    written; a failure during training is recorded in summary.json (status `failed`), not raised."""
+    config = resolve(config)
+    device = pick_device(config.device)
+    method = get_method(config.method)
+    spec = tasks.spec_for(config.task, models.model_kind(config.model, config.trust_remote_code))
+    run = runs.Run.create(runs.runs_root(runs_dir), config.method)
+    run.write_config({**config.to_dict(), "run_id": run.id, "resolved_device": str(device),
+                      "created_at": time.time(), "versions": versions()})
+    summary = {"status": "running", "run_id": run.id, "model": config.model, "task": config.task,
+               "method": config.method, "steps_total": config.steps, "steps_done": 0}
+    run.write_summary(summary)
+    if on_run:
+        on_run(run)
+    status = on_status or (lambda text: None)
+    try:
+        status("loading model")
+        bundle = load_base(config, spec, progress=lambda i, n: status(f"pretraining the base model {i}/{n}"))
+        task = tasks.build_task(spec, bundle, config.task_params)
+        if bundle.from_config:
+            from safetensors.torch import save_model
+
+            save_model(bundle.model, str(run.path / "base.safetensors"))
+        task.save_artifacts(run.path)
+        bundle.model.to(device)
+        setup = method.build(BuildContext(bundle, config.method_params, config.lr, config.weight_decay,
+                                          config.steps, task))
+        trainable, total = count_params(setup.model)
+        summary.update(trainable_params=trainable, total_params=total,
+                       eval_metric_name=task.metric_name, device=str(device))
+        run.write_summary(summary)
+        status("training")
+        summary.update(_loop(config, run, setup, task, device, summary, stop_event, on_record))
+        if summary["status"] in ("completed", "stopped"):
+            method.save(setup.model, run.path)
+    except Exception as error:  # noqa: BLE001 - any failure must leave a readable, finished run
+        summary.update(status="failed", error=_one_line(error))
+    finally:
+        summary["finished_at"] = time.time()
+        run.write_summary(summary)
+        run.close()
+    return run
+
+
+def _loop(config, run, setup, task, device, summary, stop_event, on_record) -> dict:
+    model, optimizer, hooks = setup.model, setup.optimizer, setup.hooks
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
+    batches = data_order(len(task), config.batch_size, config.seed)
+    memory = MemoryMeter(device)
+    step_times, examples, last_loss, last_eval = [], 0, None, {}
+    start = last_summary = time.perf_counter()
+
+    def emit(record):
+        run.log(record)
+        if on_record:
+            on_record(record)
+
+    def evaluate(step):
+        model.eval()
+        with autocast(device):
+            result = task.evaluate(model, device)
+        model.train()
+        result = {key: _finite(value) for key, value in result.items()}
+        emit({"step": step, **result, "elapsed_s": time.perf_counter() - start})
+        return result
+
+    model.train()
+    status, step = "completed", 0
+    for step in range(1, config.steps + 1):
+        if stop_event is not None and stop_event.is_set():
+            status, step = "stopped", step - 1
+            break
+        batch = task.batch(task.train, next(batches), device)
+        tick = time.perf_counter()
+        with autocast(device):
+            loss, seen = task.loss(model, batch)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):  # stop before a non-finite gradient touches the weights
+            emit({"step": step, "loss": None, "nonfinite": str(loss_value),
+                  "elapsed_s": time.perf_counter() - start})
+            return {"status": "diverged", "steps_done": step - 1, "final_loss": last_loss,
+                    "error": f"loss became {loss_value} at step {step}",
+                    "sec_per_step": statistics.median(step_times) if step_times else None,
+                    "peak_mem_mb": memory.peak_mb}
+        loss.backward()
+        if hooks.before_optimizer_step:
+            hooks.before_optimizer_step(step)
+        optimizer.step()
+        scheduler.step()
+        if hooks.after_optimizer_step:
+            hooks.after_optimizer_step(step)
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # honest step times
+        step_times.append(time.perf_counter() - tick)
+        examples += seen
+        last_loss = loss_value
+
+        if step % config.log_every == 0 or step == config.steps:
+            memory.sample()
+            record = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                      "elapsed_s": time.perf_counter() - start, "step_time_s": step_times[-1],
+                      "examples": step * config.batch_size}
+            if task.kind == models.LM:
+                record["tokens"] = examples
+            emit(record)
+        if step % config.eval_every == 0 or step == config.steps:
+            last_eval = {"step": step, **evaluate(step)}
+        if time.perf_counter() - last_summary > SUMMARY_EVERY_S:
+            last_summary = time.perf_counter()
+            run.write_summary({**summary, "steps_done": step, "final_loss": last_loss})
+
+    if step > 0 and last_eval.get("step") != step:
+        last_eval = {"step": step, **evaluate(step)}  # a stopped run still gets its final evaluation
+    memory.sample()
+    return {"status": status, "steps_done": step, "final_loss": _finite(last_loss),
+            "final_eval_loss": last_eval.get("eval_loss"), "final_eval_metric": last_eval.get(task.metric_name),
+            "sec_per_step": statistics.median(step_times) if step_times else None,
+            "peak_mem_mb": memory.peak_mb}
+
+
+def rebuild(run_dir: str | os.PathLike, device: str | None = None):
+    """The exact trained model of a run, from its directory alone. Returns (model, task, device)."""
+    from safetensors.torch import load_model
+
+    run = runs.open_run(run_dir)
+    config = RunConfig.from_dict(run.config())
+    target = pick_device(device or "auto")
+    spec = tasks.spec_for(config.task, models.model_kind(config.model, config.trust_remote_code))
+    bundle = load_base(config, spec)
+    if (run.path / "base.safetensors").exists():
+        load_model(bundle.model, str(run.path / "base.safetensors"))
+    task = tasks.build_task(spec, bundle, config.task_params)
+    model = get_method(config.method).restore(bundle.model, run.path, config.method_params)
+    return model.to(target), task, target
+
+
+def evaluate_run(run_dir: str | os.PathLike, device: str | None = None) -> dict:
+    """Rebuild a run's model and evaluate it; compare with what the run recorded."""
+    model, task, target = rebuild(run_dir, device)
+    model.eval()
+    with autocast(target):
+        result = task.evaluate(model, target)
+    summary = runs.open_run(run_dir).summary()
+    return {"eval_loss": result["eval_loss"], "metric_name": task.metric_name,
+            "metric": result[task.metric_name], "summary_eval_loss": summary.get("final_eval_loss"),
+            "summary_metric": summary.get("final_eval_metric")}
