@@ -138,12 +138,33 @@ def _hub_kwargs(trust_remote_code: bool) -> dict:
     return {"trust_remote_code": bool(trust_remote_code)}
 
 
+def _hub_reachable() -> bool:
+    """False at once when offline (HF_HUB_OFFLINE, or the hub's host does not resolve), instead of
+    letting huggingface_hub retry for half a minute."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
 def _hub_config(name: str, trust_remote_code: bool):
     from transformers import AutoConfig
 
     if not name or name.startswith("-"):
         raise ConfigError(f"unknown model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}")
     try:
+        try:  # a local directory or the hub cache first: no network, no retries
+            return AutoConfig.from_pretrained(name, local_files_only=True, **_hub_kwargs(trust_remote_code))
+        except Exception:
+            if os.path.isdir(name) or not _hub_reachable():
+                raise
         return AutoConfig.from_pretrained(name, **_hub_kwargs(trust_remote_code))
     except Exception as error:  # offline, missing, malformed: all are the user's input
         where = "local directory" if os.path.isdir(name) else "hub id"

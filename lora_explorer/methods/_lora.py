@@ -1,10 +1,13 @@
-"""Shared by every method built on a PEFT LoRA model: the parameters, the config, save and restore."""
+"""Shared by every method built on a PEFT LoRA model: the parameters, the config, save and restore.
+
+peft is imported inside the functions: it pulls in all of transformers, and listing methods or
+rejecting bad input should not wait for that.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 
 from lora_explorer.methods.base import BuildContext, Param
 
@@ -16,7 +19,9 @@ TARGETS = Param("target_modules", str, "auto",
 LORA_PARAMS = (RANK, ALPHA, DROPOUT, TARGETS)
 
 
-def lora_config(ctx: BuildContext, **variant) -> LoraConfig:
+def lora_config(ctx: BuildContext, **variant):
+    from peft import LoraConfig
+
     from lora_explorer.models import matching_linears
 
     p = ctx.params
@@ -25,7 +30,9 @@ def lora_config(ctx: BuildContext, **variant) -> LoraConfig:
                       modules_to_save=ctx.bundle.head_modules or None, **variant)
 
 
-def peft_model(ctx: BuildContext, **variant) -> PeftModel:
+def peft_model(ctx: BuildContext, **variant):
+    from peft import get_peft_model
+
     return get_peft_model(ctx.bundle.model, lora_config(ctx, **variant))
 
 
@@ -34,9 +41,11 @@ def adamw(model: torch.nn.Module, ctx: BuildContext) -> torch.optim.AdamW:
     return torch.optim.AdamW(trainable, lr=ctx.lr, weight_decay=ctx.weight_decay)
 
 
-def save_adapter(model: PeftModel, run_dir: Path) -> None:
+def save_adapter(model, run_dir: Path) -> None:
     model.save_pretrained(str(Path(run_dir) / "adapter"))  # safetensors; loads with PeftModel.from_pretrained
 
 
-def restore_adapter(base: torch.nn.Module, run_dir: Path, _params: dict) -> PeftModel:
+def restore_adapter(base: torch.nn.Module, run_dir: Path, _params: dict):
+    from peft import PeftModel
+
     return PeftModel.from_pretrained(base, str(Path(run_dir) / "adapter"))

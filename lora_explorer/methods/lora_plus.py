@@ -4,7 +4,6 @@ peft's create_loraplus_optimizer puts every 1-D parameter (biases, norms) in B's
 ignores a plain `weight_decay=` (pitfall): the decay goes through `loraplus_weight_decay`.
 """
 import torch
-from peft.optimizers import create_loraplus_optimizer
 
 from lora_explorer.methods import _lora
 from lora_explorer.methods.base import Method, Param, Setup, register
@@ -13,6 +12,8 @@ RATIO = Param("ratio", float, 16.0, "lr_B / lr_A (the paper suggests about 16)",
 
 
 def build(ctx):
+    from peft.optimizers import create_loraplus_optimizer
+
     model = _lora.peft_model(ctx)
     optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=ctx.lr,
                                           loraplus_lr_ratio=ctx.params["ratio"],

@@ -1,0 +1,31 @@
+import os
+
+import pytest
+import torch
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped on CPU-only machines)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    path = tmp_path / "runs"
+    monkeypatch.setenv("LORA_EXPLORER_RUNS", str(path))
+    return path
+
+
+def run_dirs(root):
+    return [p for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()] if root.exists() else []
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
