@@ -141,7 +141,7 @@ class JobManager:
             with job.lock:
                 if job.status != "queued":  # cancelled while waiting
                     continue
-                job.status, job.started_at = "running", time.time()
+                job.status, job.phase, job.started_at = "running", "starting", time.time()
             run_dir, error = None, None
             try:
                 run = train(job.config, self.runs_dir, stop_event=job.stop_event,

@@ -1,0 +1,272 @@
+"""The Streamlit glue: the only module of the package that imports streamlit.
+
+- `get_manager()`: the process-wide JobManager (st.cache_resource), shared by every tab and page.
+- `param_input()`: one widget for one declared `Param`, so forms are generated from declarations.
+- small helpers the pages call: choosing tasks, saving uploads, progress text, the runs table.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from pathlib import Path
+
+import streamlit as st
+
+from lora_explorer import data_files, models, runs, tasks
+from lora_explorer.config import RunConfig, resolve
+from lora_explorer.errors import ConfigError
+from lora_explorer.jobs import JobManager, JobSnapshot
+from lora_explorer.methods.base import REGISTRY, Param
+
+UPLOAD = "upload a CSV/JSONL file"
+
+
+PAGES = (("app.py", "Home", ":material/home:"), ("pages/1_Train.py", "Train", ":material/model_training:"))
+
+
+def sidebar() -> None:
+    """The navigation every page shows."""
+    for path, label, icon in PAGES:
+        st.sidebar.page_link(path, label=label, icon=icon)
+
+
+@st.cache_resource(show_spinner=False)
+def get_manager() -> JobManager:
+    """One job manager per server process: jobs outlive reruns, page switches and closed tabs."""
+    _leave_a_core_for_the_server()
+    return JobManager(runs.runs_root())  # $LORA_EXPLORER_RUNS, else ./runs
+
+
+def _leave_a_core_for_the_server() -> None:
+    """Training shares the process with the web server. Torch's default of one thread per core makes
+    its threads spin against the server (and anything else on the machine): on 2 busy cores a toy step
+    took 50-200x longer. Unless the user chose (OMP_NUM_THREADS), keep one core free."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
+
+
+def current_job_id() -> str | None:
+    """The job this tab watches: ?job=<id> (survives a reload) or the one started in this session."""
+    job_id = st.query_params.get("job") or st.session_state.get("job_id")
+    if job_id and not re.fullmatch(r"[0-9a-f]{1,32}", job_id):  # not a job id: ignore a hand-edited URL
+        del st.query_params["job"]
+        job_id = st.session_state.get("job_id")
+    if job_id:
+        st.session_state["job_id"] = job_id
+        if st.query_params.get("job") != job_id:
+            st.query_params["job"] = job_id  # query params are dropped on a page switch; put it back
+    return job_id or None
+
+
+def watch_job(job_id: str) -> None:
+    st.session_state["job_id"] = job_id
+    st.query_params["job"] = job_id
+
+
+# ---------------------------------------------------------------- form widgets from Param declarations
+def _number(param: Param, value):
+    cast = int if param.type is int else float
+    return None if value is None else cast(value)
+
+
+def param_input(param: Param, key: str, *, default_hint=None, label: str | None = None, disabled: bool = False):
+    """Render one widget for `param` and return its value.
+
+    Params whose default is None are optional: the widget starts empty, a placeholder shows the
+    value the run would get (`default_hint`), and an empty widget returns None ("model default").
+    """
+    label = label or param.name.replace("_", " ")
+    optional = param.default is None
+    placeholder = f"default: {_fmt(default_hint)}" if default_hint is not None else "default"
+    help_text = param.help + (" — leave empty for the default" if optional else "")
+    if param.type is bool:
+        return st.checkbox(label, value=bool(param.default), key=key, help=help_text, disabled=disabled)
+    if param.choices:
+        options = list(param.choices)
+        index = options.index(param.default) if param.default in options else 0
+        return st.selectbox(label, options, index=index, key=key, help=help_text, disabled=disabled)
+    if param.type in (int, float):
+        kwargs = dict(min_value=_number(param, param.min), max_value=_number(param, param.max),
+                      value=_number(param, param.default), key=key, help=help_text, disabled=disabled,
+                      placeholder=placeholder if optional else None)
+        if param.type is float:
+            kwargs["format"] = "%.3e" if param.log else "%g"
+            kwargs["step"] = _float_step(param, default_hint)
+        return st.number_input(label, **kwargs)
+    text = st.text_input(label, value="" if param.default is None else str(param.default), key=key,
+                         help=help_text, disabled=disabled, placeholder=placeholder if optional else None)
+    return None if optional and not text.strip() else text
+
+
+def _float_step(param: Param, hint) -> float:
+    reference = param.default if param.default is not None else hint
+    if isinstance(reference, (int, float)) and reference > 0:
+        return float(10 ** round(math.log10(reference) - 1))  # one decade below
+    return 0.01
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def params_form(params, prefix: str, *, hints: dict | None = None, columns: int = 3) -> dict:
+    """Widgets for a tuple of Params laid out in columns; returns {name: value}."""
+    hints = hints or {}
+    values = {}
+    cols = st.columns(columns)
+    for index, param in enumerate(params):
+        with cols[index % columns]:
+            values[param.name] = param_input(param, f"{prefix}.{param.name}", default_hint=hints.get(param.name))
+    return values
+
+
+# ---------------------------------------------------------------- choosing a task
+def model_kind(model: str) -> str | None:
+    """The kind of a built-in model; None for hub models (known only once the task is chosen)."""
+    return models.BUILTIN_MODELS[model].kind if models.is_builtin(model) else None
+
+
+def task_choices(model: str) -> list[str]:
+    """Built-in tasks the model can train on (its default first), then the upload entry if files work."""
+    kind = model_kind(model)
+    builtin = models.BUILTIN_MODELS.get(model)
+    names = []
+    for name, spec in tasks.TASKS.items():
+        try:
+            tasks.check_compatible(spec, model, kind)
+        except ConfigError:
+            continue
+        names.append(name)
+    if builtin and builtin.default_task in names:
+        names.remove(builtin.default_task)
+        names.insert(0, builtin.default_task)
+    if accepts_files(model):
+        names.append(UPLOAD)
+    return names
+
+
+def accepts_files(model: str) -> bool:
+    kind = model_kind(model)
+    try:
+        tasks.check_compatible(tasks.spec_for("data.csv", kind), model, kind)
+    except ConfigError:
+        return False
+    return True
+
+
+def file_kind(model: str) -> str:
+    """What a data file must hold for this model: labelled text, or plain text for an LM."""
+    return model_kind(model) or models.CLASSIFICATION
+
+
+def save_upload(raw: bytes, name: str, kind: str, root: str | Path | None = None) -> tuple[Path, list]:
+    """Validate an uploaded file and store it as <runs root>/uploads/<hash>-<safe name>.
+
+    Raises ConfigError (nothing is written) when the file is not usable. The name is generated from
+    the content, so uploading the same file twice reuses one copy.
+    """
+    rows = data_files.parse(raw, name, kind)
+    suffix = Path(name).suffix.lower()
+    suffix = suffix if suffix in data_files.SUFFIXES else ".csv"
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name).stem).strip("_")[:40] or "data"
+    folder = runs.runs_root(root) / "uploads"
+    path = folder / f"{hashlib.sha256(raw).hexdigest()[:12]}-{stem}{suffix}"
+    if not path.exists():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name("." + path.name + ".tmp")
+            partial.write_bytes(raw)
+            partial.replace(path)
+        except OSError as error:
+            raise ConfigError(f"cannot save the upload under {str(folder)!r}: {error.strerror or error}") from None
+    return path, rows
+
+
+def task_params_for(task: str, model: str) -> tuple[Param, ...]:
+    try:
+        return tasks.spec_for(task, model_kind(model)).params
+    except ConfigError:
+        return ()
+
+
+def default_hints(config: RunConfig) -> dict:
+    """The values a run would get for settings left empty (built-in models only: no hub access)."""
+    if not models.is_builtin(config.model):
+        hints = dict(models.HUB_DEFAULTS)
+        method = REGISTRY.get(config.method)
+        hints["lr"] *= method.lr_factor if method else 1.0
+        return hints
+    try:
+        resolved = resolve(RunConfig(model=config.model, method=config.method,
+                                     task=config.task if config.task in tasks.TASKS else None))
+    except ConfigError:
+        return {}
+    return {name: getattr(resolved, name) for name in ("lr", "steps", "batch_size", "eval_every")}
+
+
+# ---------------------------------------------------------------- showing a job
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def progress_text(snap: JobSnapshot) -> str:
+    """E.g. 'running: 40/300 steps · ETA 3 s' or 'completed: 300/300 steps'."""
+    text = f"{snap.status}: {snap.step}/{snap.total_steps} steps"
+    if snap.status == "running":
+        if snap.step == 0 and snap.phase == "queued":
+            text += " · starting"
+        if snap.phase and snap.phase not in ("training", "queued"):
+            text += f" · {snap.phase}"
+        if snap.eta_s is not None:
+            text += f" · ETA {_duration(snap.eta_s)}"
+    elif snap.status == "queued" and snap.queue_position:
+        text += f" · position {snap.queue_position} in the queue"
+    return text
+
+
+def progress_fraction(snap: JobSnapshot) -> float:
+    return min(1.0, snap.step / snap.total_steps) if snap.total_steps else 0.0
+
+
+def final_summary(snap: JobSnapshot) -> dict:
+    """summary.json of the job's run directory ({} before the run exists)."""
+    return runs.Run(snap.run_dir).summary() if snap.run_dir else {}
+
+
+def task_label(task) -> str:
+    """A built-in task's name, or just the file name of a data file."""
+    task = str(task or "")
+    return task if task in tasks.TASKS or task.startswith("hf:") else Path(task).name
+
+
+def runs_table(root, limit: int = 50) -> list[dict]:
+    """One row per run in the runs root, newest first."""
+    rows = []
+    for info in runs.list_runs(root)[:limit]:
+        summary, config = info.summary, info.config
+        task = str(summary.get("task") or config.get("task") or "")
+        rows.append({
+            "id": info.id,
+            "model": summary.get("model") or config.get("model"),
+            "method": summary.get("method") or config.get("method"),
+            "task": task_label(task),
+            "status": info.status,
+            "steps_done": summary.get("steps_done"),
+            "final_loss": summary.get("final_loss"),
+            "eval_metric": summary.get("eval_metric_name"),
+            "final_eval": summary.get("final_eval_metric"),
+            "sec_per_step": summary.get("sec_per_step"),
+        })
+    return rows

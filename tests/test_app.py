@@ -1,0 +1,190 @@
+"""The Streamlit app, driven by AppTest: home page, Train page, a live job, bad input, stop, re-attach.
+
+AppTest has no browser timer, so `run_every` fragments never fire by themselves: the tests poll
+with repeated `at.run()`. Every test gets its own runs root and a fresh job manager (toy model only).
+"""
+import base64
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lora_explorer import plots, runs, ui  # noqa: E402  (after the path fix)
+from lora_explorer.errors import ConfigError  # noqa: E402
+
+APP = str(ROOT / "app.py")
+TRAIN = "pages/1_Train.py"
+METHODS = {"full", "lora", "lora-plus", "rslora", "dora"}
+
+
+@pytest.fixture
+def app_runs(tmp_path, monkeypatch):
+    """A private runs root, set before the (cached, process-wide) job manager is created."""
+    root = tmp_path / "runs"
+    monkeypatch.setenv("LORA_EXPLORER_RUNS", str(root))
+    ui.get_manager.clear()
+    yield root
+    manager = ui.get_manager()  # the one the app used (created now if the test never made one)
+    for snap in manager.snapshots():
+        if not snap.finished:
+            manager.stop(snap.id)
+    for snap in manager.snapshots():
+        manager.wait(snap.id, timeout=30)
+    ui.get_manager.clear()
+
+
+def train_page(query_params: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30)
+    for key, value in (query_params or {}).items():
+        at.query_params[key] = value
+    at.switch_page(TRAIN).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def progress(at: AppTest) -> str:
+    bars = at.get("progress")
+    return bars[0].proto.text if bars else ""
+
+
+def run_until(at: AppTest, predicate, timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        at.run()
+        assert not at.exception, at.exception
+        if predicate(at):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}; progress: {progress(at)!r}")
+        time.sleep(0.2)
+
+
+def chart_traces(at: AppTest) -> list[dict]:
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    return json.loads(charts[0].proto.spec)["data"]
+
+
+def values(array) -> np.ndarray:
+    """A trace's x/y: NumPy arrays travel as base64 typed arrays, lists as lists."""
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"])
+    return np.asarray(array)
+
+
+def start(at: AppTest, steps: int, **widgets) -> None:
+    at.selectbox(key="model").select("toy")
+    at.selectbox(key="method").select("lora")
+    at.number_input(key="common.steps").set_value(steps)
+    for key, value in widgets.items():
+        at.number_input(key=key).set_value(value)
+    at.button(key="start").click().run()
+    assert not at.exception, at.exception
+
+
+def summaries(root: Path) -> list[dict]:
+    return [runs.Run(path).summary() for path in sorted(root.iterdir()) if (path / "config.json").exists()]
+
+
+def test_home_lists_methods(app_runs):
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    assert not at.exception
+    assert at.title[0].value == "LoRA Explorer"
+    table = at.dataframe[0].value
+    assert set(table["id"]) == METHODS
+    assert table.set_index("id").loc["lora", "paper"].startswith("Hu et al. 2021")
+    assert any("Train" in block.value for block in at.markdown)
+
+
+def test_train_live_chart_until_completed(app_runs):
+    at = train_page()
+    assert at.selectbox(key="task").options == ["teacher"]  # the toy model's own task, nothing else
+    start(at, 40)
+    job_id = at.session_state["job_id"]
+    assert at.query_params["job"] == job_id
+
+    run_until(at, lambda at: progress(at).startswith("completed"), what="the job to complete")
+    assert progress(at) == "completed: 40/40 steps"
+    train, evals = chart_traces(at)
+    losses = values(train["y"])
+    assert len(losses) == 40 and list(values(train["x"])) == list(range(1, 41))
+    assert losses[-5:].mean() < losses[:5].mean()
+    assert train["mode"] == "lines" and evals["mode"] == "markers" and len(values(evals["y"])) >= 1
+    assert any(metric.label == "final eval r2" for metric in at.metric)
+
+    (summary,) = summaries(app_runs)
+    assert summary["status"] == "completed" and summary["steps_done"] == 40
+    table = at.dataframe[0].value
+    assert list(table["status"]) == ["completed"] and table["final_eval"].notna().all()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("method.lora.rank", 100, "--rank 100 is larger than layer out"),  # the toy's last layer is 64->16
+    ("common.lr", 0.0, "--lr must be a positive number"),
+])
+def test_bad_input_shows_error_and_starts_nothing(app_runs, key, value, message):
+    at = train_page()
+    start(at, 40, **{key: value})
+    assert [error.value for error in at.error] and message in at.error[0].value
+    assert "job_id" not in at.session_state and "job" not in at.query_params
+    assert not at.get("plotly_chart") and not at.get("progress")
+    assert ui.get_manager().snapshots() == []
+    assert not app_runs.exists() or not any(app_runs.iterdir())
+
+
+def test_stop_a_running_job(app_runs):
+    at = train_page()
+    start(at, 100_000)
+    run_until(at, lambda at: re.match(r"running: [1-9]", progress(at)), what="the first steps")
+    at.button(key="stop").click().run()
+    run_until(at, lambda at: progress(at).startswith("stopped"), timeout=30, what="the job to stop")
+    assert at.warning and "Stopped after" in at.warning[0].value
+    assert at.button(key="stop").disabled
+    (summary,) = summaries(app_runs)
+    assert summary["status"] == "stopped" and 0 < summary["steps_done"] < 100_000
+
+
+def test_reattach_by_query_param(app_runs):
+    first = train_page()
+    start(first, 30)
+    job_id = first.session_state["job_id"]
+    run_until(first, lambda at: progress(at).startswith("completed"), what="the job to complete")
+
+    again = train_page({"job": job_id})  # a new connection, as after a browser reload
+    assert again.session_state["job_id"] == job_id
+    assert progress(again) == "completed: 30/30 steps"
+    assert len(values(chart_traces(again)[0]["y"])) == 30
+
+    unknown = train_page({"job": "feedbeef"})
+    assert not train_page({"job": "`**x**`"}).info  # not an id: ignored
+    assert any("not known to this server" in info.value for info in unknown.info)
+    assert not unknown.get("plotly_chart")
+
+
+def test_save_upload_validates_and_names_safely(app_runs):
+    raw = b"text,label\n" + b"".join(f"sentence {i},{'pos' if i % 2 else 'neg'}\n".encode() for i in range(8))
+    path, rows = ui.save_upload(raw, "../../my data!.csv", "classification", app_runs)
+    assert path.parent == app_runs / "uploads" and path.read_bytes() == raw
+    assert re.fullmatch(r"[0-9a-f]{12}-my_data\.csv", path.name) and len(rows) == 8
+    assert ui.save_upload(raw, "again.csv", "classification", app_runs)[0].read_bytes() == raw
+    with pytest.raises(ConfigError, match="no 'label' column"):
+        ui.save_upload(b"text\na\nb\nc\nd\n", "bad.csv", "classification", app_runs)
+    assert len(list((app_runs / "uploads").iterdir())) == 2
+
+
+def test_loss_figure_downsamples_and_keeps_the_last_step():
+    records = [{"step": s, "loss": 1.0 / s} for s in range(1, 10_001)] + [{"step": 10_000, "eval_loss": 0.5}]
+    fig = plots.loss_figure({"lora": records, "empty": []}, log_y=True)
+    train = fig.data[0]
+    assert len(train.x) <= plots.MAX_POINTS and train.x[0] == 1 and train.x[-1] == 10_000
+    assert fig.data[1].mode == "markers" and list(fig.data[1].y) == [0.5]
+    assert fig.layout.yaxis.type == "log" and len(fig.data) == 3
