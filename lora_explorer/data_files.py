@@ -23,6 +23,17 @@ def looks_like_file(task: str) -> bool:
     return task.lower().endswith(SUFFIXES) or os.sep in task or os.path.exists(task)
 
 
+def has_labels(source: str) -> bool:
+    """Whether the data has a `label` column (hf: datasets are assumed to)."""
+    if source.startswith("hf:"):
+        return True
+    try:
+        load_rows(source, "classification")
+    except ConfigError as error:
+        return "no 'label' column" not in str(error)
+    return True
+
+
 def load_rows(source: str, kind: str) -> list[tuple[str, str | None]]:
     """(text, label) pairs; label is None for language-modelling data."""
     if source.startswith("hf:"):

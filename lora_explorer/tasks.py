@@ -262,7 +262,8 @@ def spec_for(task: str, model_kind: str | None) -> TaskSpec:
     if task in TASKS:
         return TASKS[task]
     if task.startswith("hf:") or data_files.looks_like_file(task):
-        kind = model_kind or CLASSIFICATION
+        # a hub model can do either: data with a label column is classification, text alone is an LM task
+        kind = model_kind or (CLASSIFICATION if data_files.has_labels(task) else LM)
         if kind == REGRESSION:
             raise ConfigError("the toy model trains only on its teacher task, not on text data")
         return TaskSpec(task, kind, "user data", FILE_PARAMS)

@@ -134,3 +134,36 @@ def test_user_csv_trains_minilm(runs_dir, tmp_path, capsys):
     run_dir = capsys.readouterr().out.strip().splitlines()[-1]
     summary = json.loads(open(os.path.join(run_dir, "summary.json")).read())
     assert summary["status"] == "completed" and summary["eval_metric_name"] == "accuracy"
+
+
+@pytest.fixture(scope="module")
+def local_model_dir(tmp_path_factory):
+    """A small Llama saved as a local directory, with MiniLM's tokenizer: stands in for a hub model."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from lora_explorer.models import minilm_path
+
+    path = tmp_path_factory.mktemp("local-model")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         pad_token_id=tokenizer.pad_token_id))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("data,metric", [(b'{"text": "a cat sat on the mat"}\n' * 12, "perplexity"),
+                                         (GOOD_CSV, "accuracy")], ids=["lm-jsonl", "classification-csv"])
+def test_a_local_model_directory_trains_with_the_right_auto_class(runs_dir, tmp_path, capsys, local_model_dir,
+                                                                  data, metric):
+    path = write(tmp_path, "data.jsonl" if metric == "perplexity" else "data.csv", data)
+    assert main(["train", "--model", local_model_dir, "--task", path, "--method", "lora", "--rank", "4",
+                 "--steps", "3", "--batch-size", "4"]) == 0
+    run_dir = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads(open(os.path.join(run_dir, "summary.json")).read())
+    assert summary["status"] == "completed" and summary["eval_metric_name"] == metric
+    config = json.loads(open(os.path.join(run_dir, "config.json")).read())
+    assert config["trust_remote_code"] is False
