@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lora_explorer.methods.base import BuildContext, Param
+from lora_explorer.methods.base import BuildContext, Method, Param, Setup
 
 RANK = Param("rank", int, 8, "adapter rank r", 1, 4096)
 ALPHA = Param("alpha", float, 16.0, "LoRA alpha; the update is scaled by alpha/r", 1e-3, 1e6)
@@ -49,3 +49,14 @@ def restore_adapter(base: torch.nn.Module, run_dir: Path, _params: dict):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base, str(Path(run_dir) / "adapter"))
+
+
+def peft_lora_method(id: str, summary: str, paper: str, **variant) -> Method:
+    """A method that is a PEFT LoRA config variant (use_rslora, use_dora, ...) trained with AdamW."""
+
+    def build(ctx: BuildContext) -> Setup:
+        model = peft_model(ctx, **variant)
+        return Setup(model, adamw(model, ctx))
+
+    return Method(id=id, summary=summary, params=LORA_PARAMS, build=build, save=save_adapter,
+                  restore=restore_adapter, paper=paper)
