@@ -1,0 +1,154 @@
+"""Overhead of our training loop against a bare PEFT + torch loop doing the same work.
+
+Both sides train minilm on the built-in `sentiment` task with LoRA (r=8, alpha=16, dropout 0,
+targets query,value, the classifier in modules_to_save), AdamW lr 5e-4, batch size 16, the same
+seed and the same batches (`lora_explorer.train.data_order`), for --steps steps, on the CPU.
+
+Timed on both sides: the training loop after WARMUP warm-up steps, from the end of step WARMUP to
+the end of the last step, divided by the number of steps in between.
+  - ours: `train(...)` with log_every=1 and eval_every=steps (its one evaluation comes after the
+    last logged step), timed by `elapsed_s` in metrics.jsonl. This includes all that our loop does
+    per step besides the compute: batch slicing, the lr scheduler, logging, the stop check.
+  - bare: index the batch, forward, cross-entropy, backward, AdamW step, zero_grad, loss.item(),
+    timed with perf_counter at the same points.
+Model loading and evaluation are never timed. Columns: total wall (the headline ratio), the median
+wall time of one step (robust to bursts of load from other processes) and the median `step_time_s`
+(forward..zero_grad only).
+Sides are interleaved (bare, ours, bare, ours, ...); the best run of each side counts.
+
+Run:   .venv/bin/python benchmarks/loop_overhead.py [--steps 60] [--repeats 2] [--threads 1]
+torch runs single-threaded by default: on a shared machine a busy neighbour slows a multi-threaded
+step several-fold (threads wait at every barrier), which swamps a 3% margin; --threads 0 keeps
+torch's default. Writes benchmarks/results/loop_overhead.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lora_explorer import models, tasks  # noqa: E402
+from lora_explorer.config import RunConfig, resolve  # noqa: E402
+from lora_explorer.train import data_order, train, versions  # noqa: E402
+
+WARMUP = 5  # steps discarded on each side (torch lazy init, allocator warm-up)
+LR, BATCH, SEED = 5e-4, 16, 0
+COLUMNS = {"s_per_step": "total wall", "median_wall_step_s": "median wall step",
+           "median_step_time_s": "median step_time_s"}
+
+
+def config(steps: int) -> RunConfig:
+    return RunConfig(model="minilm", method="lora", task="sentiment", steps=steps, eval_every=steps,
+                     log_every=1, lr=LR, batch_size=BATCH, seed=SEED, device="cpu",
+                     method_params=dict(rank=8, alpha=16.0, dropout=0.0, target_modules="query,value"))
+
+
+def run_bare(steps: int) -> dict:
+    params = resolve(config(steps)).task_params
+    torch.manual_seed(SEED)  # as train.load_base: same head initialisation
+    bundle = models.load_model("minilm", "classification", num_labels=2)
+    task = tasks.build_task(tasks.TASKS["sentiment"], bundle, params)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"],
+                      modules_to_save=["classifier"])
+    model = get_peft_model(bundle.model, lora)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    batches = data_order(len(task), BATCH, SEED)
+    data = task.train
+
+    model.train()
+    ends, step_times = [], []
+    for _ in range(steps):
+        idx = next(batches)
+        input_ids, mask, labels = data["input_ids"][idx], data["attention_mask"][idx], data["labels"][idx]
+        tick = time.perf_counter()
+        logits = model(input_ids=input_ids, attention_mask=mask).logits
+        loss = F.cross_entropy(logits.float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        end = time.perf_counter()
+        step_times.append(end - tick)
+        ends.append(end)
+    return summarise(ends, step_times, steps)
+
+
+def run_ours(steps: int, runs_dir: str) -> dict:
+    run = train(config(steps), runs_dir=runs_dir)
+    summary = run.summary()
+    if summary.get("status") != "completed":
+        raise RuntimeError(f"our run did not complete: {summary}")
+    logged = [r for r in run.metrics() if "loss" in r]  # training records; the eval record has none
+    assert [r["step"] for r in logged] == list(range(1, steps + 1)), "expected one record per step"
+    return summarise([r["elapsed_s"] for r in logged], [r["step_time_s"] for r in logged], steps)
+
+
+def summarise(ends: list[float], step_times: list[float], steps: int) -> dict:
+    """ends[i]: the clock at the end of step i+1. Warm-up steps are dropped."""
+    ends, n = ends[WARMUP - 1:], steps - WARMUP
+    return {"s_per_step": (ends[-1] - ends[0]) / n,
+            "median_wall_step_s": statistics.median(b - a for a, b in zip(ends, ends[1:])),
+            "median_step_time_s": statistics.median(step_times[WARMUP:])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
+    args = parser.parse_args()
+    if args.steps <= WARMUP + 1:
+        parser.error(f"--steps must be more than {WARMUP + 1}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    load_before = os.getloadavg()
+    raw = {"bare": [], "ours": []}
+    with tempfile.TemporaryDirectory() as runs_dir:
+        for repeat in range(args.repeats):
+            for side in ("bare", "ours"):
+                result = run_bare(args.steps) if side == "bare" else run_ours(args.steps, runs_dir)
+                raw[side].append(result)
+                print(f"  {side} #{repeat + 1}: " + ", ".join(
+                    f"{label} {result[key] * 1e3:.1f} ms" for key, label in COLUMNS.items()), flush=True)
+    load_after = os.getloadavg()
+
+    best = {side: {key: min(r[key] for r in results) for key in COLUMNS} for side, results in raw.items()}
+    ratios = {key: best["bare"][key] / best["ours"][key] for key in COLUMNS}  # = ours/bare in steps/s
+
+    print(f"\nminilm / sentiment / LoRA r=8, batch {BATCH}, {args.steps} steps (first {WARMUP} discarded), "
+          f"{torch.get_num_threads()} torch threads, best of {args.repeats}, "
+          f"load avg {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} CPUs\n")
+    print("| ms per step | " + " | ".join(COLUMNS.values()) + " |")
+    print("|---|" + "---:|" * len(COLUMNS))
+    for side in ("bare", "ours"):
+        print(f"| {side} | " + " | ".join(f"{best[side][key] * 1e3:.1f}" for key in COLUMNS) + " |")
+    print("| **ours/bare steps/s** | " + " | ".join(f"**{ratios[key]:.3f}**" for key in COLUMNS) + " |\n")
+    print(f"ratio ours/bare steps/s: {ratios['s_per_step']:.3f} (target >= 0.97)")
+
+    out = Path(__file__).resolve().parent / "results" / "loop_overhead.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "steps": args.steps, "warmup_steps": WARMUP, "repeats": args.repeats, "batch_size": BATCH,
+        "raw": raw, "best": best, "ratio_ours_over_bare_steps_per_s": ratios, "target": 0.97,
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu",
+                    "load_avg_1min_before_after": [load_before[0], load_after[0]], **versions()},
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
