@@ -36,10 +36,10 @@ def test_cli_train_then_runs_then_evaluate(runs_dir):
     assert abs(float(loss_line.split()[1]) - summary["final_eval_loss"]) < 1e-4
 
 
-def test_methods_lists_the_five(capsys):
+def test_methods_lists_every_registered_method(capsys):
     assert main(["methods"]) == 0
     ids = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert ids == ["full", "lora", "lora-plus", "rslora", "dora"]
+    assert ids == ["full", "lora", "lora-plus", "rslora", "dora", "lora-fa"]
 
 
 BAD = [

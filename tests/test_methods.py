@@ -12,7 +12,7 @@ from lora_explorer.methods import get_method
 from lora_explorer.methods.base import BuildContext
 from lora_explorer.train import rebuild
 
-FIVE = ["full", "lora", "lora-plus", "rslora", "dora"]
+METHODS = ["full", "lora", "lora-plus", "rslora", "dora", "lora-fa"]
 
 
 def build(method_id, lr=1e-3, weight_decay=0.0, **params):
@@ -25,10 +25,10 @@ def build(method_id, lr=1e-3, weight_decay=0.0, **params):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    return {m: lx.train(lx.RunConfig(model="toy", method=m, steps=80, eval_every=40), root) for m in FIVE}
+    return {m: lx.train(lx.RunConfig(model="toy", method=m, steps=80, eval_every=40), root) for m in METHODS}
 
 
-@pytest.mark.parametrize("method_id", FIVE)
+@pytest.mark.parametrize("method_id", METHODS)
 def test_each_method_trains_the_toy_and_its_loss_falls(trained, method_id):
     run = trained[method_id]
     summary = run.summary()
@@ -39,7 +39,7 @@ def test_each_method_trains_the_toy_and_its_loss_falls(trained, method_id):
     assert summary["final_eval_loss"] < losses[0]
 
 
-@pytest.mark.parametrize("method_id", FIVE)
+@pytest.mark.parametrize("method_id", METHODS)
 def test_evaluate_rebuilds_the_trained_model_exactly(trained, method_id):
     run = trained[method_id]
     result = lx.evaluate_run(run.path)
@@ -124,3 +124,30 @@ def test_same_seed_same_head_init_for_minilm():
         heads.append(load_base(config, spec).model.classifier.weight.detach().clone())
     assert torch.equal(heads[0], heads[1])
     assert not torch.equal(heads[0], heads[2])
+
+
+def test_lora_fa_keeps_a_bit_identical_and_moves_b(trained):
+    bundle, setup = build("lora-fa")
+    initial_a = {n: p.detach().clone() for n, p in setup.model.named_parameters() if "lora_A" in n}
+    assert initial_a and not any(p.requires_grad for n, p in setup.model.named_parameters() if "lora_A" in n)
+    task = tasks.build_task(tasks.TASKS["teacher"], bundle, resolve(lx.RunConfig()).task_params)
+    for step in range(5):
+        loss, _ = task.loss(setup.model, task.batch(task.train, torch.arange(step * 32, step * 32 + 32), "cpu"))
+        loss.backward()
+        setup.optimizer.step()
+        setup.optimizer.zero_grad()
+    after = dict(setup.model.named_parameters())
+    assert all(torch.equal(after[n], a) for n, a in initial_a.items())
+    assert all(after[n].abs().sum() > 0 for n in after if "lora_B" in n)
+    # across a whole saved run too: the trained adapter's A equals the A that run started from
+    from lora_explorer.train import load_base
+
+    config = resolve(lx.RunConfig(model="toy", method="lora-fa", steps=80))
+    start = load_base(config, tasks.TASKS["teacher"])
+    tasks.build_task(tasks.TASKS["teacher"], start, config.task_params)
+    method = get_method("lora-fa")
+    initial = method.build(BuildContext(start, config.method_params, config.lr, 0.0, config.steps)).model
+    model, _, _ = rebuild(trained["lora-fa"].path)
+    trained_a = {n: p for n, p in model.named_parameters() if "lora_A" in n}
+    assert len(trained_a) == 4
+    assert all(torch.equal(p, trained_a[n]) for n, p in initial.named_parameters() if "lora_A" in n)

@@ -1,0 +1,20 @@
+"""LoRA-FA (Zhang et al. 2023): A stays frozen at its random init and only B trains. PEFT's
+optimizer adds the v2 closed-form correction g_B <- g_B (A A^T)^-1 / s^2, so the update s·ΔB·A is
+the projection of the full gradient onto A's row space. Avoid combining with DoRA (pitfall)."""
+from lora_explorer.methods import _lora
+from lora_explorer.methods.base import Method, Setup, register
+
+
+def build(ctx):
+    from peft.optimizers import create_lorafa_optimizer
+
+    model = _lora.peft_model(ctx)
+    optimizer = create_lorafa_optimizer(model, r=ctx.params["rank"], lora_alpha=ctx.params["alpha"], lr=ctx.lr,
+                                        weight_decay=ctx.weight_decay)  # also sets lora_A.requires_grad = False
+    return Setup(model, optimizer)
+
+
+register(Method(
+    id="lora-fa", summary="LoRA with A frozen; only B trains, with the closed-form gradient correction",
+    params=_lora.LORA_PARAMS, build=build, save=_lora.save_adapter, restore=_lora.restore_adapter,
+    paper="Zhang et al. 2023, arXiv:2308.03303"))
