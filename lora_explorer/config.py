@@ -100,17 +100,19 @@ def resolve(config: RunConfig) -> RunConfig:
     resolved.eval_every = min(resolved.eval_every, resolved.steps)
     resolved.name = _clean_name(resolved.name)
 
-    if "rank" in resolved.method_params:
-        _check_rank(resolved, spec)
+    if "target_modules" in resolved.method_params:
+        shapes = models.linear_shapes(resolved.model, spec.kind, resolved.method_params["target_modules"],
+                                      trust_remote_code=resolved.trust_remote_code)
+        _check_rank(resolved.method_params.get("rank", 0), shapes)
+        if method.validate:
+            resolved.method_params = method.validate(dict(resolved.method_params), resolved.steps, shapes)
     if spec.name not in tasks.TASKS:
         tasks.num_labels(spec)  # parses and validates the user's file now, before anything is launched
     return resolved
 
 
-def _check_rank(config: RunConfig, spec) -> None:
-    rank = config.method_params["rank"]
-    targets = config.method_params.get("target_modules", "auto")
-    shapes = models.linear_shapes(config.model, spec.kind, targets, trust_remote_code=config.trust_remote_code)
+def _check_rank(rank: int, shapes: dict) -> None:
+    """Rank 0 means "let the method choose"; any other rank must fit every targeted layer."""
     smallest_name, smallest = min(shapes.items(), key=lambda item: min(item[1]))
     if rank > min(smallest):
         raise ConfigError(f"--rank {rank} is larger than layer {smallest_name} "

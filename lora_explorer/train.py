@@ -148,7 +148,8 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
         task.save_artifacts(run.path)
         bundle.model.to(device)
         setup = method.build(BuildContext(bundle, config.method_params, config.lr, config.weight_decay,
-                                          config.steps, task))
+                                          config.steps, task, config.batch_size, config.seed, device,
+                                          run.path, status))
         trainable, total = count_params(setup.model)
         summary.update(trainable_params=trainable, total_params=total,
                        eval_metric_name=task.metric_name, device=str(device))
@@ -198,6 +199,8 @@ def _loop(config, run, setup, task, device, summary, stop_event, on_record) -> d
         tick = time.perf_counter()
         with autocast(device):
             loss, seen = task.loss(model, batch)
+            if hooks.regularizer:
+                loss = loss + hooks.regularizer()
         loss_value = loss.item()
         if not math.isfinite(loss_value):  # stop before a non-finite gradient touches the weights
             emit({"step": step, "loss": None, "nonfinite": str(loss_value),

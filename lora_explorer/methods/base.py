@@ -67,9 +67,11 @@ class Param:
 @dataclass
 class Hooks:
     """Optional per-step callbacks, called by the loop in this order every step:
-    backward -> before_optimizer_step(step) -> optimizer.step() -> after_optimizer_step(step) -> zero_grad.
+    loss (+ regularizer()) -> backward -> before_optimizer_step(step) -> optimizer.step()
+    -> after_optimizer_step(step) -> zero_grad.
     """
 
+    regularizer: Callable[[], torch.Tensor] | None = None  # added to the task loss (e.g. AdaLoRA's orthogonality)
     before_optimizer_step: Callable[[int], None] | None = None
     after_optimizer_step: Callable[[int], None] | None = None
 
@@ -93,6 +95,11 @@ class BuildContext:
     weight_decay: float
     steps: int
     task: Any = None  # lora_explorer.tasks.Task, for methods that look at data at build time
+    batch_size: int = 16
+    seed: int = 0
+    device: Any = "cpu"
+    run_dir: Any = None  # where a method may write its own artifacts (rank allocation, importances)
+    status: Callable[[str], None] = lambda text: None  # progress of long build steps, shown to the user
 
 
 @dataclass
@@ -107,6 +114,9 @@ class Method:
     restore: Callable[[torch.nn.Module, Any, dict], torch.nn.Module]
     lr_factor: float = 1.0  # default lr = the model's adapter lr x this factor
     paper: str = ""
+    # validate(params, steps, shapes) -> params: checks across parameters and the run (raise
+    # ConfigError), and fills values that depend on the model; shapes = {layer: (out, in)} targeted.
+    validate: Callable[[dict, int, dict], dict] | None = None
 
     def resolve_params(self, given: dict | None) -> dict:
         given = dict(given or {})
