@@ -39,7 +39,8 @@ def test_cli_train_then_runs_then_evaluate(runs_dir):
 def test_methods_lists_every_registered_method(capsys):
     assert main(["methods"]) == 0
     ids = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert ids == ["full", "lora", "lora-plus", "rslora", "dora", "lora-fa"]
+    assert ids == ["full", "lora", "lora-plus", "rslora", "dora", "vera", "lora-fa", "lora-drop", "adalora",
+                   "delta-lora"]
 
 
 BAD = [

@@ -25,7 +25,7 @@ def lora_config(ctx: BuildContext, **variant):
     from lora_explorer.models import matching_linears
 
     p = ctx.params
-    return LoraConfig(r=p["rank"], lora_alpha=p["alpha"], lora_dropout=p["dropout"],
+    return LoraConfig(r=p["rank"], lora_alpha=p["alpha"], lora_dropout=p.get("dropout", 0.0),
                       target_modules=sorted(matching_linears(ctx.bundle, p["target_modules"])),
                       modules_to_save=ctx.bundle.head_modules or None, **variant)
 
@@ -49,6 +49,38 @@ def restore_adapter(base: torch.nn.Module, run_dir: Path, _params: dict):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base, str(Path(run_dir) / "adapter"))
+
+
+BASE_FILE = "adapted_base.safetensors"
+
+
+def adapted_layers(model) -> dict:
+    """module name (as in the base model) -> the PEFT LoRA layer wrapping it."""
+    from peft.tuners.lora import LoraLayer
+
+    prefix = "base_model.model."
+    return {name[len(prefix):] if name.startswith(prefix) else name: module
+            for name, module in model.named_modules() if isinstance(module, LoraLayer)}
+
+
+def save_adapter_and_base(model, run_dir: Path) -> None:
+    """For methods that change the frozen base weights of adapted layers (LoRA-GA's offset,
+    Delta-LoRA's merged updates): the adapter plus those base weights, as safetensors."""
+    from safetensors.torch import save_file
+
+    save_adapter(model, run_dir)
+    weights = {f"{name}.weight": layer.get_base_layer().weight.detach().contiguous().cpu()
+               for name, layer in adapted_layers(model).items()}
+    save_file(weights, str(Path(run_dir) / BASE_FILE))
+
+
+def restore_adapter_and_base(base: torch.nn.Module, run_dir: Path, params: dict):
+    from safetensors.torch import load_file
+
+    with torch.no_grad():
+        for key, weight in load_file(str(Path(run_dir) / BASE_FILE)).items():
+            base.get_parameter(key).copy_(weight)
+    return restore_adapter(base, run_dir, params)
 
 
 def peft_lora_method(id: str, summary: str, paper: str, **variant) -> Method:

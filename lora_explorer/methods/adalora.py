@@ -1,0 +1,93 @@
+"""AdaLoRA (Zhang et al. 2023): ΔW = P·diag(λ)·Q with an orthogonality penalty on P and Q; a cubic
+budget schedule prunes the least important λ from `rank` per layer down to `final_rank` on average.
+
+PEFT adds the penalty only to a loss computed inside the model, and our tasks compute the loss
+outside it, so the same penalty is a regularizer hook here. update_and_allocate needs the gradients,
+so it runs after the optimizer step and before zero_grad. The rank each layer keeps is written to
+adalora_ranks.jsonl whenever it changes.
+"""
+import json
+from pathlib import Path
+
+import torch
+
+from lora_explorer.errors import ConfigError
+from lora_explorer.methods import _lora
+from lora_explorer.methods.base import Hooks, Method, Param, Setup, register
+
+RANKS_FILE = "adalora_ranks.jsonl"
+PARAMS = (
+    Param("rank", int, 12, "initial rank of every layer (the starting budget)", 1, 4096),
+    Param("final_rank", int, 8, "average rank per layer left when the schedule ends", 1, 4096),
+    _lora.ALPHA, _lora.DROPOUT, _lora.TARGETS,
+    Param("warmup_fraction", float, 0.1, "share of the steps before pruning starts (tinit)", 0.0, 0.9),
+    Param("final_fraction", float, 0.2, "share of the steps at the final budget (tfinal)", 0.0, 0.9),
+    Param("delta_t", int, 1, "prune every ΔT steps", 1, 10**6),
+    Param("orth_reg_weight", float, 0.5, "weight of the orthogonality penalty on P and Q", 0.0, 100.0),
+    Param("beta1", float, 0.85, "EMA of the sensitivity", 0.0, 0.9999),
+    Param("beta2", float, 0.85, "EMA of the uncertainty", 0.0, 0.9999),
+)
+
+
+def _schedule(params, steps):
+    return round(params["warmup_fraction"] * steps), round(params["final_fraction"] * steps)
+
+
+def validate(params, steps, _shapes):
+    if params["final_rank"] > params["rank"]:
+        raise ConfigError(f"--final-rank {params['final_rank']} is larger than the initial --rank {params['rank']}")
+    tinit, tfinal = _schedule(params, steps)
+    if steps - tinit - tfinal < 1:
+        raise ConfigError(f"--steps {steps} is too few for AdaLoRA's schedule ({tinit} warm-up and {tfinal} final "
+                          "steps leave no room to prune); train longer or lower the fractions")
+    return params
+
+
+def active_ranks(model) -> dict:
+    """Unmasked singular values per adapted layer."""
+    return {name: int((layer.lora_E["default"] != 0).sum()) for name, layer in _lora.adapted_layers(model).items()}
+
+
+def build(ctx):
+    from peft import AdaLoraConfig, get_peft_model
+
+    from lora_explorer.models import matching_linears
+
+    p = ctx.params
+    tinit, tfinal = _schedule(p, ctx.steps)
+    config = AdaLoraConfig(init_r=p["rank"], target_r=p["final_rank"], lora_alpha=p["alpha"],
+                           lora_dropout=p["dropout"], tinit=tinit, tfinal=tfinal, deltaT=p["delta_t"],
+                           beta1=p["beta1"], beta2=p["beta2"], orth_reg_weight=p["orth_reg_weight"],
+                           total_step=ctx.steps,
+                           target_modules=sorted(matching_linears(ctx.bundle, p["target_modules"])),
+                           modules_to_save=ctx.bundle.head_modules or None)
+    model = get_peft_model(ctx.bundle.model, config)
+    # (is it Q?, parameter) for every factor: Q = lora_A (r x in), P = lora_B (out x r)
+    factors = [("lora_A" in name, param) for name, param in model.named_parameters()
+               if "lora_A" in name or "lora_B" in name]
+    record = {"last": None}
+
+    def orthogonality():
+        # PEFT's penalty: mean over P and Q of ‖QQᵀ − I‖_F and ‖PᵀP − I‖_F (unsquared)
+        total = 0.0
+        for is_q, param in factors:
+            gram = param @ param.T if is_q else param.T @ param
+            total = total + torch.linalg.matrix_norm(gram - torch.eye(len(gram), device=gram.device))
+        return p["orth_reg_weight"] * total / len(factors)
+
+    def allocate(step):
+        model.base_model.update_and_allocate(step)
+        ranks = active_ranks(model)
+        if ranks != record["last"] or step == ctx.steps:
+            record["last"] = ranks
+            if ctx.run_dir is not None:
+                with open(Path(ctx.run_dir) / RANKS_FILE, "a") as handle:
+                    handle.write(json.dumps({"step": step, "ranks": ranks}) + "\n")
+
+    return Setup(model, _lora.adamw(model, ctx), Hooks(regularizer=orthogonality, after_optimizer_step=allocate))
+
+
+register(Method(
+    id="adalora", summary="SVD-form adapter that prunes its rank budget to the most important layers",
+    params=PARAMS, build=build, save=_lora.save_adapter, restore=_lora.restore_adapter, validate=validate,
+    paper="Zhang et al. 2023, arXiv:2303.10512"))

@@ -1,0 +1,51 @@
+"""Delta-LoRA (Zi et al. 2023): LoRA, and after step K the frozen weight also moves by
+W += λ·s·(B_{t+1}A_{t+1} − B_t A_t). No dropout on the adapter, so dL/dW = dL/d(sBA).
+The updates telescope: the total change has rank ≤ 2r (a useful contrast in the spectra)."""
+import torch
+
+from lora_explorer.errors import ConfigError
+from lora_explorer.methods import _lora
+from lora_explorer.methods.base import Hooks, Method, Param, Setup, register
+
+PARAMS = (_lora.RANK, _lora.ALPHA, _lora.TARGETS,
+          Param("update_ratio", float, 2.0, "λ: how much of each change of s·B·A also goes into W", 0.0, 100.0),
+          Param("start_step", int, None, "K: W starts moving after this step (default: 10% of the run; the paper's "
+                "500 is longer than our runs)", 0, 10**6))
+
+
+def validate(params, steps, _shapes):
+    if params["start_step"] is None:
+        params["start_step"] = steps // 10
+    if params["start_step"] >= steps:
+        raise ConfigError(f"--start-step {params['start_step']} must be less than --steps {steps}")
+    return params
+
+
+def build(ctx):
+    model = _lora.peft_model(ctx)
+    layers = list(_lora.adapted_layers(model).values())
+    start, ratio, before = ctx.params["start_step"], ctx.params["update_ratio"], {}
+
+    def product(layer):
+        return layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+
+    @torch.no_grad()
+    def snapshot(step):
+        if step > start:
+            for layer in layers:
+                before[layer] = product(layer)
+
+    @torch.no_grad()
+    def move_base(step):
+        if step > start:
+            for layer in layers:
+                delta = product(layer) - before.pop(layer)
+                layer.get_base_layer().weight += ratio * layer.scaling["default"] * delta
+
+    return Setup(model, _lora.adamw(model, ctx), Hooks(before_optimizer_step=snapshot, after_optimizer_step=move_base))
+
+
+register(Method(
+    id="delta-lora", summary="LoRA whose product updates also move the frozen weight (λ·Δ(sBA) after step K)",
+    params=PARAMS, build=build, save=_lora.save_adapter_and_base, restore=_lora.restore_adapter_and_base,
+    validate=validate, paper="Zi et al. 2023, arXiv:2309.02411"))

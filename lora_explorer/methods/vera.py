@@ -1,0 +1,43 @@
+"""VeRA (Kopiczko et al. 2024): h = W0 x + diag(b)·B·diag(d)·A x with A, B frozen random matrices
+shared by every layer; only the vectors b (init 0) and d (init d_initial) train: d_out + r per layer.
+PEFT slices the shared matrices per layer, so layers of different shapes can share them."""
+from pathlib import Path
+
+import torch
+
+from lora_explorer.methods import _lora
+from lora_explorer.methods.base import Method, Param, Setup, register
+
+AUTO_RANK_CAP = 256  # the paper's typical r, capped by the layers of a small model
+
+PARAMS = (
+    Param("rank", int, 0, f"rank r of the shared random matrices; 0 = min({AUTO_RANK_CAP}, smallest layer dim)",
+          0, 4096),
+    Param("d_initial", float, 0.1, "initial value of the trained d vector", 1e-6, 10.0),
+    _lora.TARGETS,
+)
+
+
+def validate(params, _steps, shapes):
+    if params["rank"] == 0:
+        params["rank"] = min(AUTO_RANK_CAP, min(min(shape) for shape in shapes.values()))
+    return params
+
+
+def build(ctx):
+    from peft import VeraConfig, get_peft_model
+
+    from lora_explorer.models import matching_linears
+
+    p = ctx.params
+    config = VeraConfig(r=p["rank"], d_initial=p["d_initial"], projection_prng_key=ctx.seed, save_projection=True,
+                        target_modules=sorted(matching_linears(ctx.bundle, p["target_modules"])),
+                        modules_to_save=ctx.bundle.head_modules or None)
+    model = get_peft_model(ctx.bundle.model, config)
+    return Setup(model, _lora.adamw(model, ctx))
+
+
+register(Method(
+    id="vera", summary="shared frozen random A, B; trains only scaling vectors b and d per layer",
+    params=PARAMS, build=build, save=_lora.save_adapter, restore=_lora.restore_adapter, validate=validate,
+    lr_factor=10.0, paper="Kopiczko, Blankevoort, Asano 2024, arXiv:2310.11454"))
