@@ -81,24 +81,40 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 
 
 class MemoryMeter:
-    """Peak memory of the run: CUDA's allocator peak on a GPU, the process's resident set otherwise."""
+    """Peak memory the run needed: CUDA's allocator peak on a GPU; on a CPU, the peak resident set of
+    the process minus what it held before the model was loaded (exact in a fresh process, a lower
+    bound in a long-lived one such as the app, where freed memory is reused)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.peak_mb = 0.0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        self.baseline_mb = self._resident_mb() if device.type != "cuda" else 0.0
+        self.high_water_mb = self._high_water_mb()
+
+    @staticmethod
+    def _resident_mb() -> float:
+        try:
+            with open("/proc/self/statm") as handle:
+                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    @staticmethod
+    def _high_water_mb() -> float:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
     def sample(self) -> None:
         if self.device.type == "cuda":
             self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
             return
-        try:
-            with open("/proc/self/statm") as handle:
-                resident_pages = int(handle.read().split()[1])
-            self.peak_mb = max(self.peak_mb, resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20)
-        except (OSError, ValueError, IndexError):
-            pass
+        self.peak_mb = max(self.peak_mb, self._resident_mb() - self.baseline_mb)
+        high_water = self._high_water_mb()
+        if high_water > self.high_water_mb:  # this run set the process's peak: it includes transient activations
+            self.peak_mb = max(self.peak_mb, high_water - self.baseline_mb)
 
 
 def _finite(value):
@@ -137,6 +153,7 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
     if on_run:
         on_run(run)
     status = on_status or (lambda text: None)
+    memory = MemoryMeter(device)
     try:
         status("loading model")
         bundle = load_base(config, spec, progress=lambda i, n: status(f"pretraining the base model {i}/{n}"))
@@ -155,7 +172,7 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
                        eval_metric_name=task.metric_name, device=str(device))
         run.write_summary(summary)
         status("training")
-        summary.update(_loop(config, run, setup, task, device, summary, stop_event, on_record))
+        summary.update(_loop(config, run, setup, task, device, summary, stop_event, on_record, memory))
         if summary["status"] in ("completed", "stopped"):
             method.save(setup.model, run.path)
     except Exception as error:  # noqa: BLE001 - any failure must leave a readable, finished run
@@ -167,11 +184,10 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
     return run
 
 
-def _loop(config, run, setup, task, device, summary, stop_event, on_record) -> dict:
+def _loop(config, run, setup, task, device, summary, stop_event, on_record, memory) -> dict:
     model, optimizer, hooks = setup.model, setup.optimizer, setup.hooks
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
     batches = data_order(len(task), config.batch_size, config.seed)
-    memory = MemoryMeter(device)
     step_times, examples, last_loss, last_eval = [], 0, None, {}
     start = last_summary = time.perf_counter()
 
