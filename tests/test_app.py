@@ -188,3 +188,33 @@ def test_loss_figure_downsamples_and_keeps_the_last_step():
     assert len(train.x) <= plots.MAX_POINTS and train.x[0] == 1 and train.x[-1] == 10_000
     assert fig.data[1].mode == "markers" and list(fig.data[1].y) == [0.5]
     assert fig.layout.yaxis.type == "log" and len(fig.data) == 3
+
+
+def widget(at: AppTest, key: str):
+    for kind in ("number_input", "text_input", "selectbox", "checkbox"):
+        found = [w for w in getattr(at, kind) if w.key == key]
+        if found:
+            return found[0]
+    return None
+
+
+def test_every_method_has_its_own_fields_with_help(app_runs):
+    from lora_explorer.methods import REGISTRY
+
+    at = train_page()
+    for method in REGISTRY.values():
+        at.selectbox(key="method").select(method.id).run()
+        assert not at.exception, at.exception
+        for param in method.params:
+            field = widget(at, f"method.{method.id}.{param.name}")
+            assert field is not None, (method.id, param.name)
+            assert field.help.startswith(param.help), (method.id, param.name)
+
+
+def test_invalid_method_combination_shows_error_and_starts_nothing(app_runs):
+    at = train_page()
+    at.selectbox(key="method").select("adalora").run()
+    at.number_input(key="method.adalora.final_rank").set_value(20)
+    at.button(key="start").click().run()
+    assert [e.value for e in at.error] == ["--final-rank 20 is larger than the initial --rank 12"]
+    assert not app_runs.exists() or summaries(app_runs) == []
