@@ -9,12 +9,8 @@ import lora_explorer as lx
 from lora_explorer import models, tasks
 from lora_explorer.config import resolve
 from lora_explorer.errors import ConfigError
-from lora_explorer.methods import REGISTRY, get_method
+from lora_explorer.methods import _lora, get_method, lora_ga
 from lora_explorer.methods.base import BuildContext
-
-if "lora-ga" not in REGISTRY:  # until the package registers it
-    import lora_explorer.methods.lora_ga  # noqa: F401
-from lora_explorer.methods import lora_ga
 
 LAYERS = ("fc1", "fc2", "fc3", "out")
 
@@ -123,7 +119,7 @@ def test_toy_trains_and_evaluate_reproduces(toy_runs, flavour):
     assert len(losses) == 60
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
     assert summary["final_eval_loss"] < losses[0]
-    assert (run.path / lora_ga.BASE_FILE).exists()
+    assert (run.path / _lora.BASE_FILE).exists()
     result = lx.evaluate_run(run.path)
     assert abs(result["eval_loss"] - summary["final_eval_loss"]) < 1e-4
     assert abs(result["metric"] - summary["final_eval_metric"]) < 1e-4
