@@ -23,7 +23,8 @@ from lora_explorer.errors import ConfigError  # noqa: E402
 
 APP = str(ROOT / "app.py")
 TRAIN = "pages/1_Train.py"
-METHODS = {"full", "lora", "lora-plus", "rslora", "dora", "vera", "lora-fa", "lora-drop", "adalora", "delta-lora"}
+METHODS = {"full", "lora", "lora-plus", "rslora", "dora", "vera", "lora-fa", "lora-drop", "adalora", "delta-lora",
+           "lora-ga", "lora-pro"}
 
 
 @pytest.fixture

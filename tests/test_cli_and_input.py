@@ -40,7 +40,7 @@ def test_methods_lists_every_registered_method(capsys):
     assert main(["methods"]) == 0
     ids = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert ids == ["full", "lora", "lora-plus", "rslora", "dora", "vera", "lora-fa", "lora-drop", "adalora",
-                   "delta-lora"]
+                   "delta-lora", "lora-ga", "lora-pro"]
 
 
 BAD = [

@@ -12,7 +12,7 @@ from lora_explorer.methods import get_method
 from lora_explorer.methods.base import BuildContext
 from lora_explorer.train import rebuild
 
-METHODS = ["full", "lora", "lora-plus", "rslora", "dora", "lora-fa"]
+METHODS = ["full", "lora", "lora-plus", "rslora", "dora", "lora-fa", "lora-pro"]
 
 
 def build(method_id, lr=1e-3, weight_decay=0.0, **params):

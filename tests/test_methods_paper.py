@@ -138,3 +138,27 @@ BAD = [
 def test_invalid_combinations_are_one_clear_error(overrides, message):
     with pytest.raises(lx.ConfigError, match=message):
         resolve(lx.RunConfig(model="toy", **overrides))
+
+
+ALL = ["full", "lora", "lora-plus", "rslora", "dora", "vera", "lora-fa", "lora-drop", "adalora", "delta-lora",
+       "lora-ga", "lora-pro"]
+
+
+def test_all_twelve_methods_are_registered_in_order():
+    from lora_explorer.methods import REGISTRY
+
+    assert list(REGISTRY) == ALL
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_every_method_trains_toy_and_minilm_and_evaluate_reproduces(runs_dir, method):
+    toy = lx.train(lx.RunConfig(model="toy", method=method, steps=12, eval_every=12), runs_dir)
+    summary = toy.summary()
+    assert summary["status"] == "completed", summary.get("error")
+    assert abs(lx.evaluate_run(toy.path)["eval_loss"] - summary["final_eval_loss"]) < 1e-4
+
+    minilm = lx.train(lx.RunConfig(model="minilm", method=method, steps=2, eval_every=2, batch_size=8,
+                                   task_params={"eval_size": 16}), runs_dir)
+    summary = minilm.summary()
+    assert summary["status"] == "completed", summary.get("error")
+    assert summary["final_eval_metric"] is not None

@@ -54,32 +54,33 @@ def _damped_eigh(gram: torch.Tensor, damping: float):
 
 class _Point:
     """The factors (A, B) of one layer at one step, with the eigendecompositions of B^T B = U diag(lam) U^T
-    and A A^T = V diag(mu) V^T. Both closed-form passes of a step share them: in these eigenbases both
-    inverses and the Sylvester equation are elementwise divisions."""
+    and A A^T = V diag(mu) V^T (from _points). Both closed-form passes of a step share them: in these
+    eigenbases both inverses and the Sylvester equation are elementwise divisions."""
 
-    def __init__(self, A: torch.Tensor, B: torch.Tensor, damping: float = DAMPING):
-        self.dtype = _work_dtype(A)
-        self.A, self.B = A.detach().to(self.dtype), B.detach().to(self.dtype)
-        self.lam, self.U = _damped_eigh(self.B.mT @ self.B, damping)
-        self.mu, self.V = _damped_eigh(self.A @ self.A.mT, damping)
+    def __init__(self, A, B, lam, U, mu, V):
+        self.dtype = A.dtype
+        self.A, self.B, self.lam, self.U, self.mu, self.V = A, B, lam, U, mu, V
 
     def adjust(self, gA: torch.Tensor, gB: torch.Tensor, s: float, solve_x: bool = True):
         """Theorem 2.1: g_A = (B^T B)^-1 g_A^lora / s^2 + X A,
         g_B = (I - B (B^T B)^-1 B^T) g_B^lora (A A^T)^-1 / s^2 - B X, with X from Theorem 2.3 (or 0)."""
         A, B, U, V, lam, mu = self.A, self.B, self.U, self.V, self.lam, self.mu
-        gA, gB = gA.to(self.dtype), gB.to(self.dtype)
-        inv_s2 = 1.0 / (s * s)
-        ua = (U.mT @ gA) / lam[:, None] * inv_s2  # U^T (B^T B)^-1 g_A / s^2   (r x n)
-        new_gA = U @ ua
+        ua = self.rotated_a(gA, s)
+        new_gA = U @ ua  # (B^T B)^-1 g_A / s^2
+        gB = gB.to(self.dtype)
         gB_ainv = ((gB @ V) / mu) @ V.mT  # g_B (A A^T)^-1   (m x r)
         # drop the part of g_B (A A^T)^-1 inside B's column space: s B g_A already covers it
         in_b = B @ (U @ ((U.mT @ (B.mT @ gB_ainv)) / lam[:, None]))
-        new_gB = (gB_ainv - in_b) * inv_s2
+        new_gB = (gB_ainv - in_b) / (s * s)
         if solve_x:
             x = self.sylvester_x(ua)
             new_gA = new_gA + x @ A
             new_gB = new_gB - B @ x
         return new_gA, new_gB
+
+    def rotated_a(self, gA: torch.Tensor, s: float) -> torch.Tensor:
+        """ua = U^T (B^T B)^-1 g_A / s^2 (r x n), shared by g_A's first term and the Sylvester right side."""
+        return (self.U.mT @ gA.to(self.dtype)) / self.lam[:, None] / (s * s)
 
     def sylvester_x(self, ua: torch.Tensor) -> torch.Tensor:
         """Theorem 2.3: B^T B X + X A A^T = C with C = -(B^T B)^-1 g_A A^T / s^2 = -U ua A^T.
@@ -93,17 +94,33 @@ class _Point:
         return torch.cat([self.B, gB], 1) @ torch.cat([gA, self.A], 0) * s  # one m x n matmul, inner dim 2r
 
 
+def _points(factors, damping: float = DAMPING) -> list[_Point]:
+    """A _Point per (A, B), in fp32 at least. The eigendecompositions of every layer with the same rank
+    run as one batched eigh call instead of two per layer: each call has a fixed cost (large on a GPU)."""
+    cast = [(A.detach().to(_work_dtype(A)), B.detach().to(_work_dtype(B))) for A, B in factors]
+    buckets: dict = {}
+    for i, (A, _) in enumerate(cast):
+        buckets.setdefault((A.shape[0], A.dtype, A.device), []).append(i)
+    points: list = [None] * len(cast)
+    for members in buckets.values():
+        grams = torch.stack([gram for i in members
+                             for gram in (cast[i][1].mT @ cast[i][1], cast[i][0] @ cast[i][0].mT)])
+        values, vectors = _damped_eigh(grams, damping)  # [B^T B, A A^T, B^T B, A A^T, ...]
+        for k, i in enumerate(members):
+            points[i] = _Point(*cast[i], values[2 * k], vectors[2 * k], values[2 * k + 1], vectors[2 * k + 1])
+    return points
+
+
 def adjusted_grads(A, B, gA, gB, s, solve_x=True, damping=DAMPING):
     """LoRA-Pro's adjusted factor grads (Theorems 2.1 and 2.3), in the dtype of gA / gB."""
-    new_gA, new_gB = _Point(A, B, damping).adjust(gA, gB, s, solve_x)
+    new_gA, new_gB = _points([(A, B)], damping)[0].adjust(gA, gB, s, solve_x)
     return new_gA.to(gA.dtype), new_gB.to(gB.dtype)
 
 
 def sylvester_x(A, B, gA, s, damping=DAMPING):
     """The X that adjusted_grads(solve_x=True) uses (Theorem 2.3)."""
-    point = _Point(A, B, damping)
-    ua = (point.U.mT @ gA.to(point.dtype)) / point.lam[:, None] / (s * s)
-    return point.sylvester_x(ua).to(gA.dtype)
+    point = _points([(A, B)], damping)[0]
+    return point.sylvester_x(point.rotated_a(gA, s)).to(gA.dtype)
 
 
 def equivalent_grad(A, B, gA, gB, s):
@@ -155,8 +172,8 @@ class LoraProAdamW(torch.optim.Optimizer):
         others = list(others)
         if others:
             groups.append({"params": others, "lora_pro": False})
-        super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      moments=moments, damping=damping))
+        super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, moments=moments))
+        self.damping = damping
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -164,24 +181,26 @@ class LoraProAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        pair_groups = [g for g in self.param_groups
+                       if g["lora_pro"] and any(p.grad is not None for p in g["params"])]
+        points = _points([g["params"] for g in pair_groups], self.damping)  # all layers' eigh at once
+        for group, point in zip(pair_groups, points):
+            self._pair_step(group, point)
         for group in self.param_groups:
             if group["lora_pro"]:
-                self._pair_step(group)
                 continue
             for p in group["params"]:
                 if p.grad is not None:
-                    direction = _adam_direction(self.state[p], p.grad.float(), group["betas"], group["eps"])
+                    grad = p.grad.to(_work_dtype(p.grad))  # fp32 moments, even for bf16 params
+                    direction = _adam_direction(self.state[p], grad, group["betas"], group["eps"])
                     _apply(p, direction, group["lr"], group["weight_decay"])
         return loss
 
-    def _pair_step(self, group) -> None:
+    def _pair_step(self, group, point: _Point) -> None:
         A, B = group["params"]
-        if A.grad is None and B.grad is None:
-            return
         gA = A.grad if A.grad is not None else torch.zeros_like(A)
         gB = B.grad if B.grad is not None else torch.zeros_like(B)
         s, betas, eps = group["scaling"], group["betas"], group["eps"]
-        point = _Point(A, B, group["damping"])
         gA, gB = point.adjust(gA, gB, s)  # 1. closed form
         if group["moments"] == "full":
             full = point.equivalent(gA, gB, s)  # 2. the m x n equivalent gradient
@@ -190,7 +209,7 @@ class LoraProAdamW(torch.optim.Optimizer):
         else:  # approximation: factor-size moments on the adjusted grads
             dA = _adam_direction(self.state[A], gA, betas, eps)
             dB = _adam_direction(self.state[B], gB, betas, eps)
-        _apply(A, dA, group["lr"], group["weight_decay"])
+        _apply(A, dA, group["lr"], group["weight_decay"])  # the step uses the point's (A, B): update last
         _apply(B, dB, group["lr"], group["weight_decay"])
 
 
