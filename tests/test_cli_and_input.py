@@ -65,6 +65,14 @@ BAD = [
     (["--decay", "0"], "--decay must be at least"),
     (["--lr-schedule", "weird"], "must be one of constant, linear, cosine"),
     (["--bogus", "1"], "unrecognized arguments"),
+    (["--method", "vera", "--rank", "17"], "larger than layer"),
+    (["--method", "adalora", "--final-rank", "20"], "larger than the initial --rank 12"),
+    (["--method", "adalora", "--steps", "3", "--warmup-fraction", "0.5", "--final-fraction", "0.5"], "too few"),
+    (["--method", "lora-drop", "--threshold", "0"], "--threshold must be at least"),
+    (["--method", "lora-ga", "--estimation-batches", "0"], "--estimation-batches must be at least 1"),
+    (["--method", "lora-ga", "--rank", "9"], "2r must fit"),
+    (["--method", "delta-lora", "--steps", "10", "--start-step", "10"], "must be less than --steps 10"),
+    (["--method", "lora-pro", "--moments", "half"], "must be one of full, factor"),
 ]
 
 
