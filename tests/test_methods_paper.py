@@ -120,6 +120,12 @@ def test_lora_drop_ties_shared_layers_and_trains_fewer_parameters(runs_dir):
     assert all(layers[n].lora_A["default"].weight is first.lora_A["default"].weight for n in shared)
     assert all(layers[n].lora_B["default"].weight is first.lora_B["default"].weight for n in shared)
     assert abs(lx.evaluate_run(drop.path)["eval_loss"] - drop.summary()["final_eval_loss"]) < 1e-4
+    # stage 1 trained an adapter of its own and left no trace in the frozen base
+    from lora_explorer import models
+
+    fresh = models.load_model("minilm").model
+    for name, layer in layers.items():
+        assert torch.equal(layer.get_base_layer().weight, fresh.get_submodule(name).weight)
 
 
 BAD = [

@@ -6,7 +6,6 @@ cumulative share reaches `threshold`; stage 2 gives each kept layer its own LoRA
 layers of the same shape share one (the very same Parameter objects, so the optimizer sees them
 once). lora_drop.json records the importances and the kept/shared split.
 """
-import copy
 import json
 from pathlib import Path
 
@@ -34,12 +33,13 @@ def validate(params, steps, _shapes):
 
 
 def importances(ctx) -> dict:
-    """Stage 1 on a copy of the base model: a short LoRA run, then Σ‖s·B·A·x‖² per layer."""
-    model = _lora.peft_model(_stage1_context(ctx))
+    """Stage 1: a short LoRA run on a sample, then Σ‖s·B·A·x‖² per layer. The stage-1 adapter is
+    unloaded afterwards, leaving the base model exactly as it was (no copy of the model needed)."""
+    model = _lora.peft_model(ctx)
     optimizer = _lora.adamw(model, ctx)
     generator = torch.Generator().manual_seed(ctx.seed + 1)
-    sample = torch.randperm(len(ctx.task), generator=generator)[: max(1, round(ctx.params["sample_fraction"]
-                                                                             * len(ctx.task)))]
+    size = max(1, round(ctx.params["sample_fraction"] * len(ctx.task)))
+    sample = torch.randperm(len(ctx.task), generator=generator)[:size]
     for step in range(ctx.params["stage1_steps"]):
         ctx.status(f"LoRA-drop stage 1: {step + 1}/{ctx.params['stage1_steps']}")
         chosen = sample[torch.randint(len(sample), (ctx.batch_size,), generator=generator)]
@@ -59,15 +59,9 @@ def importances(ctx) -> dict:
             ctx.task.loss(model, ctx.task.batch(ctx.task.train, sample[start:start + ctx.batch_size], ctx.device))
     for handle in handles:
         handle.remove()
+    ctx.bundle.model = model.unload()  # the original modules back, untouched by stage 1
+    ctx.bundle.model.train()
     return totals
-
-
-def _stage1_context(ctx):
-    """The same build context on a deep copy of the base model, so stage 1 leaves no trace."""
-    stage1 = copy.copy(ctx)
-    stage1.bundle = copy.copy(ctx.bundle)
-    stage1.bundle.model = copy.deepcopy(ctx.bundle.model)
-    return stage1
 
 
 def split(importance: dict, shapes: dict, threshold: float) -> dict:
