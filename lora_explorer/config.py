@@ -27,6 +27,8 @@ COMMON_PARAMS = (
     Param("seed", int, 0, "same seed = same head init and same data order for every method", 0, 2**31 - 1),
     Param("log_every", int, 1, "log the training loss every N steps", 1, LIMITS["steps"]),
     Param("eval_every", int, None, "evaluate every N steps (and always at the end)", 1, LIMITS["steps"]),
+    Param("analysis_every", int, None, "record ΔW spectra every N steps, at step 0 and at the end "
+          "(default: a tenth of the run; 0 = off)", 0, LIMITS["steps"]),
     Param("weight_decay", float, 0.0, "AdamW weight decay", 0.0, 10.0),
     Param("lr_schedule", str, "constant", "learning-rate schedule after warm-up", choices=SCHEDULES),
     Param("warmup_steps", int, 0, "linear warm-up steps", 0, LIMITS["steps"]),
@@ -47,6 +49,7 @@ class RunConfig:
     seed: int = 0
     log_every: int = 1
     eval_every: int | None = None
+    analysis_every: int | None = None
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
     warmup_steps: int = 0
@@ -94,6 +97,8 @@ def resolve(config: RunConfig) -> RunConfig:
             value = defaults.get(param.name)
             if param.name == "lr":
                 value = defaults.get("lr_by_method", {}).get(method.id, defaults["lr"] * method.lr_factor)
+        if value is None and param.name == "analysis_every":
+            value = max(1, (resolved.steps or defaults["steps"]) // 10)
         setattr(resolved, param.name, param.coerce(value))
     if resolved.lr <= 0 or not math.isfinite(resolved.lr):
         raise ConfigError(f"--lr must be a positive number, got {resolved.lr:g}")

@@ -97,6 +97,11 @@ class Run:
             self._metrics = open(self.path / "metrics.jsonl", "a", buffering=1)  # line-buffered
         self._metrics.write(json.dumps(record) + "\n")
 
+    def append(self, filename: str, records: list[dict]) -> None:
+        """Append JSON lines to another file of the run (spectra.jsonl, ...)."""
+        with open(self.path / filename, "a") as handle:
+            handle.write("".join(json.dumps(record) + "\n" for record in records))
+
     def write_summary(self, summary: dict) -> None:
         summary = {**summary, "pid": os.getpid(), "host": socket.gethostname(), "updated_at": time.time()}
         with _LIVE_LOCK:
@@ -117,6 +122,9 @@ class Run:
 
     def metrics(self) -> list[dict]:
         return read_metrics(self.path / "metrics.jsonl")
+
+    def spectra(self) -> list[dict]:
+        return read_metrics(self.path / "spectra.jsonl")
 
     def summary(self) -> dict:
         """The summary, with a run whose process has died while running marked `interrupted`."""

@@ -117,6 +117,30 @@ class MemoryMeter:
             self.peak_mb = max(self.peak_mb, high_water - self.baseline_mb)
 
 
+def original_weights(bundle, config) -> dict:
+    """W0 of every layer the analysis follows (the method's targets; the model's default targets
+    for full FT), copied before a method can change them (LoRA-GA's offset, Delta-LoRA)."""
+    targets = config.method_params.get("target_modules", "auto")
+    return {name: bundle.model.get_submodule(name).weight.detach().clone()
+            for name in models.matching_linears(bundle, targets)}
+
+
+class Spectra:
+    """Writes spectra.jsonl: the singular values and ranks of every adapted layer's ΔW."""
+
+    def __init__(self, setup, w0: dict, targets: dict | None, run: runs.Run):
+        self.setup, self.w0, self.targets, self.run = setup, w0, targets, run
+        self.w0_norms = {name: float(weight.double().norm()) for name, weight in w0.items()}
+        self.last_step = None
+
+    def record(self, step: int) -> None:
+        from lora_explorer import analysis
+
+        updates = self.setup.updates() if self.setup.updates else analysis.dense_updates(self.setup.model, self.w0)
+        self.run.append("spectra.jsonl", analysis.spectrum_records(step, updates, self.w0_norms, self.targets))
+        self.last_step = step
+
+
 def _finite(value):
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
@@ -164,6 +188,7 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
             save_model(bundle.model, str(run.path / "base.safetensors"))
         task.save_artifacts(run.path)
         bundle.model.to(device)
+        w0 = original_weights(bundle, config)
         setup = method.build(BuildContext(bundle, config.method_params, config.lr, config.weight_decay,
                                           config.steps, task, config.batch_size, config.seed, device,
                                           run.path, status))
@@ -172,7 +197,8 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
                        eval_metric_name=task.metric_name, device=str(device))
         run.write_summary(summary)
         status("training")
-        summary.update(_loop(config, run, setup, task, device, summary, stop_event, on_record, memory))
+        spectra = Spectra(setup, w0, getattr(task, "target_delta", None), run) if config.analysis_every else None
+        summary.update(_loop(config, run, setup, task, device, summary, stop_event, on_record, memory, spectra))
         if summary["status"] in ("completed", "stopped"):
             method.save(setup.model, run.path)
     except Exception as error:  # noqa: BLE001 - any failure must leave a readable, finished run
@@ -184,7 +210,7 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
     return run
 
 
-def _loop(config, run, setup, task, device, summary, stop_event, on_record, memory) -> dict:
+def _loop(config, run, setup, task, device, summary, stop_event, on_record, memory, spectra) -> dict:
     model, optimizer, hooks = setup.model, setup.optimizer, setup.hooks
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
     batches = data_order(len(task), config.batch_size, config.seed)
@@ -207,6 +233,8 @@ def _loop(config, run, setup, task, device, summary, stop_event, on_record, memo
 
     model.train()
     status, step = "completed", 0
+    if spectra:
+        spectra.record(0)
     for step in range(1, config.steps + 1):
         if stop_event is not None and stop_event.is_set():
             status, step = "stopped", step - 1
@@ -249,12 +277,16 @@ def _loop(config, run, setup, task, device, summary, stop_event, on_record, memo
             emit(record)
         if step % config.eval_every == 0 or step == config.steps:
             last_eval = {"step": step, **evaluate(step)}
+        if spectra and (step % config.analysis_every == 0 or step == config.steps):
+            spectra.record(step)
         if time.perf_counter() - last_summary > SUMMARY_EVERY_S:
             last_summary = time.perf_counter()
             run.write_summary({**summary, "steps_done": step, "final_loss": last_loss})
 
     if step > 0 and last_eval.get("step") != step:
         last_eval = {"step": step, **evaluate(step)}  # a stopped run still gets its final evaluation
+    if spectra and step > 0 and spectra.last_step != step:
+        spectra.record(step)
     memory.sample()
     return {"status": status, "steps_done": step, "final_loss": _finite(last_loss),
             "final_eval_loss": last_eval.get("eval_loss"), "final_eval_metric": last_eval.get(task.metric_name),

@@ -83,12 +83,29 @@ def restore_adapter_and_base(base: torch.nn.Module, run_dir: Path, params: dict)
     return restore_adapter(base, run_dir, params)
 
 
+def factored_updates(model, extra=None) -> dict:
+    """ΔW = s·B·A per adapted layer; `extra(name, layer)` may return (left, right) factors to append
+    (LoRA-GA's initial offset, Delta-LoRA's moved base)."""
+    from lora_explorer.analysis import Update
+
+    updates = {}
+    for name, layer in adapted_layers(model).items():
+        left, right = layer.scaling["default"] * layer.lora_B["default"].weight, layer.lora_A["default"].weight
+        more = extra(name, layer) if extra else None
+        if more is not None:
+            left, right = torch.cat([left, more[0]], 1), torch.cat([right, more[1]], 0)
+        updates[name] = Update(left=left.detach(), right=right.detach())
+    return updates
+
+
 def peft_lora_method(id: str, summary: str, paper: str, **variant) -> Method:
     """A method that is a PEFT LoRA config variant (use_rslora, use_dora, ...) trained with AdamW."""
 
     def build(ctx: BuildContext) -> Setup:
         model = peft_model(ctx, **variant)
-        return Setup(model, adamw(model, ctx))
+        # DoRA's effective update is a row rescaling of W0 + sBA: full rank, measured densely
+        updates = None if variant.get("use_dora") else (lambda: factored_updates(model))
+        return Setup(model, adamw(model, ctx), updates=updates)
 
     return Method(id=id, summary=summary, params=LORA_PARAMS, build=build, save=save_adapter,
                   restore=restore_adapter, paper=paper)

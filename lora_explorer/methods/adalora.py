@@ -84,7 +84,17 @@ def build(ctx):
                 with open(Path(ctx.run_dir) / RANKS_FILE, "a") as handle:
                     handle.write(json.dumps({"step": step, "ranks": ranks}) + "\n")
 
-    return Setup(model, _lora.adamw(model, ctx), Hooks(regularizer=orthogonality, after_optimizer_step=allocate))
+    def updates():
+        """ΔW = P·diag(λ)·Q · alpha/init_r (PEFT's fixed ranknum), pruned λ being zero."""
+        from lora_explorer.analysis import Update
+
+        return {name: Update(left=(layer.lora_B["default"] * layer.scaling["default"]
+                                   / (layer.ranknum["default"] + 1e-5)).detach(),
+                             right=(layer.lora_A["default"] * layer.lora_E["default"]).detach())
+                for name, layer in _lora.adapted_layers(model).items()}
+
+    return Setup(model, _lora.adamw(model, ctx), Hooks(regularizer=orthogonality, after_optimizer_step=allocate),
+                 updates=updates)
 
 
 register(Method(

@@ -78,11 +78,14 @@ class Hooks:
 
 @dataclass
 class Setup:
-    """What a method hands back to the loop."""
+    """What a method hands back to the loop. `updates`, when given, returns every adapted layer's
+    ΔW in factored form (lora_explorer.analysis.Update), keyed by module name in the base model, so
+    its spectrum is exact and cheap; without it the analysis measures ΔW densely."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     hooks: Hooks = field(default_factory=Hooks)
+    updates: Callable[[], dict] | None = None
 
 
 @dataclass

@@ -24,7 +24,7 @@ def validate(params, steps, _shapes):
 def build(ctx):
     model = _lora.peft_model(ctx)
     layers = list(_lora.adapted_layers(model).values())
-    start, ratio, before = ctx.params["start_step"], ctx.params["update_ratio"], {}
+    start, ratio, before, at_start = ctx.params["start_step"], ctx.params["update_ratio"], {}, {}
 
     def product(layer):
         return layer.lora_B["default"].weight @ layer.lora_A["default"].weight
@@ -34,6 +34,8 @@ def build(ctx):
         if step > start:
             for layer in layers:
                 before[layer] = product(layer)
+                if layer not in at_start:  # B_K and A_K, for the factored ΔW below
+                    at_start[layer] = (layer.lora_B["default"].weight.clone(), layer.lora_A["default"].weight.clone())
 
     @torch.no_grad()
     def move_base(step):
@@ -42,7 +44,16 @@ def build(ctx):
                 delta = product(layer) - before.pop(layer)
                 layer.get_base_layer().weight += ratio * layer.scaling["default"] * delta
 
-    return Setup(model, _lora.adamw(model, ctx), Hooks(before_optimizer_step=snapshot, after_optimizer_step=move_base))
+    def base_change(_name, layer):
+        """W_t − W_0 = λ·s·(B_t·A_t − B_K·A_K), as factors (the updates telescope)."""
+        if layer not in at_start:
+            return None
+        s, (b_k, a_k) = ratio * layer.scaling["default"], at_start[layer]
+        return (torch.cat([s * layer.lora_B["default"].weight, -s * b_k], 1),
+                torch.cat([layer.lora_A["default"].weight, a_k], 0))
+
+    return Setup(model, _lora.adamw(model, ctx), Hooks(before_optimizer_step=snapshot, after_optimizer_step=move_base),
+                 updates=lambda: _lora.factored_updates(model, base_change))
 
 
 register(Method(

@@ -99,7 +99,7 @@ def build(ctx):
     tie(model, plan["shared"])
     if ctx.run_dir is not None:
         (Path(ctx.run_dir) / SPLIT_FILE).write_text(json.dumps(plan, indent=2))
-    return Setup(model, _lora.adamw(model, ctx))
+    return Setup(model, _lora.adamw(model, ctx), updates=lambda: _lora.factored_updates(model))
 
 
 def restore(base, run_dir, params):

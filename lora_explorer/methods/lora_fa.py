@@ -11,7 +11,7 @@ def build(ctx):
     model = _lora.peft_model(ctx)
     optimizer = create_lorafa_optimizer(model, r=ctx.params["rank"], lora_alpha=ctx.params["alpha"], lr=ctx.lr,
                                         weight_decay=ctx.weight_decay)  # also sets lora_A.requires_grad = False
-    return Setup(model, optimizer)
+    return Setup(model, optimizer, updates=lambda: _lora.factored_updates(model))
 
 
 register(Method(

@@ -170,7 +170,11 @@ def build(ctx: BuildContext) -> Setup:
                                   lambda: _run_batches(ctx, ctx.bundle.model, lambda loss: loss.backward()))
             ctx.status("LoRA-GA: SVD of the gradient and initialisation")
             model = get_peft_model(ctx.bundle.model, config)  # also subtracts s B0 A0 from W0
-    return Setup(model, _lora.adamw(model, ctx))
+    # ΔW relative to the original W0 = s·B_t·A_t − s·B_0·A_0: rank ≤ 2r
+    initial = {name: (-layer.scaling["default"] * layer.lora_B["default"].weight.detach().clone(),
+                      layer.lora_A["default"].weight.detach().clone())
+               for name, layer in _lora.adapted_layers(model).items()}
+    return Setup(model, _lora.adamw(model, ctx), updates=lambda: _lora.factored_updates(model, lambda n, _: initial[n]))
 
 
 def validate(params: dict, steps: int, shapes: dict) -> dict:

@@ -18,7 +18,7 @@ def build(ctx):
     optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=ctx.lr,
                                           loraplus_lr_ratio=ctx.params["ratio"],
                                           loraplus_weight_decay=ctx.weight_decay)
-    return Setup(model, optimizer)
+    return Setup(model, optimizer, updates=lambda: _lora.factored_updates(model))
 
 
 register(Method(

@@ -238,7 +238,7 @@ def build(ctx):
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in paired]
     optimizer = LoraProAdamW(pairs, others, lr=ctx.lr, weight_decay=ctx.weight_decay,
                              moments=ctx.params["moments"])
-    return Setup(model, optimizer)
+    return Setup(model, optimizer, updates=lambda: _lora.factored_updates(model))
 
 
 register(Method(

@@ -34,7 +34,24 @@ def build(ctx):
                         target_modules=sorted(matching_linears(ctx.bundle, p["target_modules"])),
                         modules_to_save=ctx.bundle.head_modules or None)
     model = get_peft_model(ctx.bundle.model, config)
-    return Setup(model, _lora.adamw(model, ctx))
+    return Setup(model, _lora.adamw(model, ctx), updates=lambda: factored_updates(model))
+
+
+def factored_updates(model) -> dict:
+    """ΔW = diag(b)·B·diag(d)·A with PEFT's per-layer slices of the shared matrices."""
+    from peft.tuners.vera import VeraLayer
+
+    from lora_explorer.analysis import Update
+
+    updates, prefix = {}, "base_model.model."
+    for name, layer in model.named_modules():
+        if isinstance(layer, VeraLayer):
+            out_features, in_features = layer.get_base_layer().weight.shape
+            b, d = layer.vera_lambda_b["default"], layer.vera_lambda_d["default"]
+            left = b[:, None] * layer.vera_B["default"][:out_features, :] * d[None, :]
+            updates[name.removeprefix(prefix)] = Update(left=left.detach(),
+                                                        right=layer.vera_A["default"][:, :in_features].detach())
+    return updates
 
 
 register(Method(
