@@ -111,7 +111,7 @@ def cmd_train(args) -> int:
             bar.update(record["step"] - bar.n)
             bar.set_postfix(loss=f"{record['loss']:.4g}")
         elif "eval_loss" in record:
-            bar.write(f"step {record['step']}: eval_loss {record['eval_loss']:.4g}", file=sys.stderr)
+            bar.write(f"step {record['step']}: eval_loss {_fmt(record['eval_loss'])}", file=sys.stderr)
 
     run = train(config, args.runs_dir, stop_event=stop, on_record=on_record,
                 on_status=lambda text: bar.set_description(text))
@@ -120,8 +120,8 @@ def cmd_train(args) -> int:
     status = summary.get("status")
     if status == "completed":
         metric = summary.get("eval_metric_name")
-        print(f"completed {summary['steps_done']} steps: final loss {summary['final_loss']:.4g}, "
-              f"eval loss {summary['final_eval_loss']:.4g}, {metric} {summary['final_eval_metric']:.4g}",
+        print(f"completed {summary['steps_done']} steps: final loss {_fmt(summary.get('final_loss'))}, "
+              f"eval loss {_fmt(summary.get('final_eval_loss'))}, {metric} {_fmt(summary.get('final_eval_metric'))}",
               file=sys.stderr)
     else:
         print(f"error: run {status}: {summary.get('error') or 'stopped by the user'}", file=sys.stderr)

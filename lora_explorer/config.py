@@ -104,6 +104,9 @@ def resolve(config: RunConfig) -> RunConfig:
         raise ConfigError(f"--lr must be a positive number, got {resolved.lr:g}")
     resolved.eval_every = min(resolved.eval_every, resolved.steps)
     resolved.name = _clean_name(resolved.name)
+    from lora_explorer.train import pick_device
+
+    pick_device(resolved.device)  # an unavailable device is bad input, not a failed run
 
     if "target_modules" in resolved.method_params:
         shapes = models.linear_shapes(resolved.model, spec.kind, resolved.method_params["target_modules"],

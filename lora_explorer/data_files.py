@@ -50,6 +50,8 @@ def _file_rows(path: str, _mtime: int, size: int, kind: str) -> list:
     name = os.path.basename(path)
     if os.path.isdir(path):
         raise ConfigError(f"data file {name!r} is a directory")
+    if not os.path.isfile(path):  # a device or a pipe: its size says nothing, reading it may never end
+        raise ConfigError(f"data file {name!r} is not a regular file")
     if size > MAX_BYTES:
         raise ConfigError(f"data file {name!r} is {size / 2**20:.0f} MiB; the limit is {MAX_BYTES // 2**20} MiB")
     try:

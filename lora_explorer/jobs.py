@@ -137,7 +137,11 @@ class JobManager:
         from lora_explorer.train import train
 
         while True:
-            job = self._get(self._queue.get())
+            job_id = self._queue.get()  # blocks: never while holding the lock
+            with self._lock:
+                job = self._jobs.get(job_id)
+            if job is None:  # cancelled and pruned while it waited
+                continue
             with job.lock:
                 if job.status != "queued":  # cancelled while waiting
                     continue
@@ -155,6 +159,8 @@ class JobManager:
             with job.lock:
                 job.status, job.phase, job.error = status, status, error
                 job.run_dir, job.finished_at = run_dir, time.time()
+                if run_dir is not None:
+                    job.step = summary.get("steps_done", job.step)
 
     @staticmethod
     def _record(job: Job, record: dict) -> None:

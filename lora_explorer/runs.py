@@ -104,12 +104,14 @@ class Run:
 
     def write_summary(self, summary: dict) -> None:
         summary = {**summary, "pid": os.getpid(), "host": socket.gethostname(), "updated_at": time.time()}
-        with _LIVE_LOCK:
-            if summary.get("status") == "running":
+        running = summary.get("status") == "running"
+        if running:  # live before the file says running, and still live until the file says otherwise
+            with _LIVE_LOCK:
                 _LIVE.add(self.path.resolve())
-            else:
-                _LIVE.discard(self.path.resolve())
         _atomic_write_json(self.path / "summary.json", summary)
+        if not running:
+            with _LIVE_LOCK:
+                _LIVE.discard(self.path.resolve())
 
     def close(self) -> None:
         if self._metrics is not None:
@@ -132,6 +134,9 @@ class Run:
         if summary is None:
             return {"status": "interrupted", "error": "summary.json missing or unreadable"}
         if summary.get("status") == "running" and not self._alive(summary):
+            latest = read_json(self.path / "summary.json")  # the run may have just finished
+            if latest is not None and latest.get("status") != "running":
+                return latest
             summary = {**summary, "status": "interrupted",
                        "error": "the training process ended while the run was running"}
             try:

@@ -295,6 +295,9 @@ def build_task(spec: TaskSpec, bundle: ModelBundle, params: dict) -> Task:
         return LanguageModelTask(train, torch.ones_like(train), held_out, torch.ones_like(held_out))
     rows = data_files.load_rows(spec.name, spec.kind)
     train_rows, eval_rows = data_files.split(rows, params["eval_fraction"], seed)
+    limit = getattr(bundle.tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and limit < 1_000_000:  # tokenizers without a limit report a huge sentinel
+        params = {**params, "max_length": min(params["max_length"], limit)}
     if spec.kind == CLASSIFICATION:
         labels = sorted({label for _, label in rows}, key=str)
         return ClassificationTask(bundle, train_rows, eval_rows, labels, params["max_length"])

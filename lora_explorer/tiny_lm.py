@@ -97,11 +97,11 @@ def pretrained_model(progress: Callable[[int, int], None] | None = None):
 
     path = cache_path()
     if path.exists():
-        model = new_model()
+        with torch.random.fork_rng():  # the caller's random stream is the same whether cached or not
+            model = new_model()
         load_model(model, str(path))
         return model
-    fork = torch.random.fork_rng()  # pretraining must not disturb the caller's random stream
-    with fork:
+    with torch.random.fork_rng():  # pretraining must not disturb the caller's random stream
         torch.manual_seed(PRETRAIN["seed"])
         model = new_model()
         data = windows("base", seed=PRETRAIN["seed"], count=PRETRAIN["steps"] * PRETRAIN["batch_size"] // 4)

@@ -30,10 +30,12 @@ def pick_device(requested: str = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        from lora_explorer.errors import ConfigError
+    from lora_explorer.errors import ConfigError
 
+    if requested == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps was asked for but MPS is not available on this machine")
     return torch.device(requested)
 
 
@@ -176,7 +178,14 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
     run.write_summary(summary)
     if on_run:
         on_run(run)
-    status = on_status or (lambda text: None)
+
+    def status(text):
+        try:
+            if on_status:
+                on_status(text)
+        except Exception:  # noqa: BLE001 - see emit()
+            pass
+
     memory = MemoryMeter(device)
     try:
         status("loading model")
@@ -203,6 +212,9 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
             method.save(setup.model, run.path)
     except Exception as error:  # noqa: BLE001 - any failure must leave a readable, finished run
         summary.update(status="failed", error=_one_line(error))
+    except BaseException as error:  # KeyboardInterrupt, SystemExit: record it, then let it through
+        summary.update(status="interrupted", error=_one_line(error) if str(error) else type(error).__name__)
+        raise
     finally:
         summary["finished_at"] = time.time()
         run.write_summary(summary)
@@ -220,7 +232,10 @@ def _loop(config, run, setup, task, device, summary, stop_event, on_record, memo
     def emit(record):
         run.log(record)
         if on_record:
-            on_record(record)
+            try:
+                on_record(record)
+            except Exception:  # noqa: BLE001 - a display callback must never fail the run it displays
+                pass
 
     def evaluate(step):
         model.eval()
@@ -256,6 +271,7 @@ def _loop(config, run, setup, task, device, summary, stop_event, on_record, memo
         loss.backward()
         if hooks.before_optimizer_step:
             hooks.before_optimizer_step(step)
+        lr_used = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         if hooks.after_optimizer_step:
@@ -266,10 +282,11 @@ def _loop(config, run, setup, task, device, summary, stop_event, on_record, memo
         step_times.append(time.perf_counter() - tick)
         examples += seen
         last_loss = loss_value
+        summary["steps_done"] = step  # right even if a later step fails
 
         if step % config.log_every == 0 or step == config.steps:
             memory.sample()
-            record = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+            record = {"step": step, "loss": loss_value, "lr": lr_used,
                       "elapsed_s": time.perf_counter() - start, "step_time_s": step_times[-1],
                       "examples": step * config.batch_size}
             if task.kind == models.LM:

@@ -37,7 +37,8 @@ def validate(params, steps, _shapes):
     if params["final_rank"] > params["rank"]:
         raise ConfigError(f"--final-rank {params['final_rank']} is larger than the initial --rank {params['rank']}")
     tinit, tfinal = _schedule(params, steps)
-    if steps - tinit - tfinal < 1:
+    # PEFT's first call after T - tfinal masks by scores it must already have: at least 2 steps before it
+    if steps - tinit - tfinal < 1 or steps - tfinal < 2:
         raise ConfigError(f"--steps {steps} is too few for AdaLoRA's schedule ({tinit} warm-up and {tfinal} final "
                           "steps leave no room to prune); train longer or lower the fractions")
     return params
