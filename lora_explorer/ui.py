@@ -208,7 +208,7 @@ def default_hints(config: RunConfig) -> dict:
                                      task=config.task if config.task in tasks.TASKS else None))
     except ConfigError:
         return {}
-    return {name: getattr(resolved, name) for name in ("lr", "steps", "batch_size", "eval_every")}
+    return {name: getattr(resolved, name) for name in ("lr", "steps", "batch_size", "eval_every", "analysis_every")}
 
 
 # ---------------------------------------------------------------- showing a job
