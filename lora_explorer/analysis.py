@@ -51,12 +51,16 @@ def effective_weight(layer: torch.nn.Module) -> torch.Tensor:
     return out.T
 
 
+def base_name(name: str) -> str:
+    """A module's name in the base model, from its name inside a PEFT model."""
+    return name.removeprefix("base_model.model.")
+
+
 def dense_updates(model: torch.nn.Module, w0: dict[str, torch.Tensor]) -> dict[str, Update]:
     """ΔW of every layer in w0 by the identity probe: valid for any method."""
-    prefix = "base_model.model."
     found = {}
     for name, module in model.named_modules():
-        key = name[len(prefix):] if name.startswith(prefix) else name
+        key = base_name(name)
         if key in w0 and key not in found:  # the outermost module of that name: the adapter wrapper
             weight = effective_weight(module)
             found[key] = Update(dense=weight - w0[key].to(weight.device))

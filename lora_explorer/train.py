@@ -10,7 +10,6 @@ import os
 import statistics
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch

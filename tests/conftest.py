@@ -24,6 +24,16 @@ def runs_dir(tmp_path, monkeypatch):
     return path
 
 
+def assert_trained(run, steps):
+    """The run completed all its steps, its loss fell by 40%, and it ends below where it started."""
+    summary = run.summary()
+    assert summary["status"] == "completed", summary.get("error")
+    losses = [r["loss"] for r in run.metrics() if "loss" in r]
+    assert len(losses) == steps
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+    assert summary["final_eval_loss"] < losses[0]
+
+
 def run_dirs(root):
     return [p for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()] if root.exists() else []
 

@@ -11,6 +11,7 @@ from lora_explorer.config import resolve
 from lora_explorer.methods import get_method
 from lora_explorer.methods.base import BuildContext
 from lora_explorer.train import rebuild
+from conftest import assert_trained
 
 METHODS = ["full", "lora", "lora-plus", "rslora", "dora", "lora-fa", "lora-pro"]
 
@@ -30,13 +31,7 @@ def trained(tmp_path_factory):
 
 @pytest.mark.parametrize("method_id", METHODS)
 def test_each_method_trains_the_toy_and_its_loss_falls(trained, method_id):
-    run = trained[method_id]
-    summary = run.summary()
-    assert summary["status"] == "completed", summary.get("error")
-    losses = [r["loss"] for r in run.metrics() if "loss" in r]
-    assert len(losses) == 80
-    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
-    assert summary["final_eval_loss"] < losses[0]
+    assert_trained(trained[method_id], 80)
 
 
 @pytest.mark.parametrize("method_id", METHODS)

@@ -22,12 +22,9 @@ LORA_PARAMS = (RANK, ALPHA, DROPOUT, TARGETS)
 def lora_config(ctx: BuildContext, **variant):
     from peft import LoraConfig
 
-    from lora_explorer.models import matching_linears
-
     p = ctx.params
     return LoraConfig(r=p["rank"], lora_alpha=p["alpha"], lora_dropout=p.get("dropout", 0.0),
-                      target_modules=sorted(matching_linears(ctx.bundle, p["target_modules"])),
-                      modules_to_save=ctx.bundle.head_modules or None, **variant)
+                      **adapter_targets(ctx), **variant)
 
 
 def peft_model(ctx: BuildContext, **variant):
@@ -54,13 +51,23 @@ def restore_adapter(base: torch.nn.Module, run_dir: Path, _params: dict):
 BASE_FILE = "adapted_base.safetensors"
 
 
-def adapted_layers(model) -> dict:
-    """module name (as in the base model) -> the PEFT LoRA layer wrapping it."""
+def adapted_layers(model, layer_type=None) -> dict:
+    """module name (as in the base model) -> the PEFT layer wrapping it (LoraLayer unless given)."""
     from peft.tuners.lora import LoraLayer
 
-    prefix = "base_model.model."
-    return {name[len(prefix):] if name.startswith(prefix) else name: module
-            for name, module in model.named_modules() if isinstance(module, LoraLayer)}
+    from lora_explorer.analysis import base_name
+
+    layer_type = layer_type or LoraLayer
+    return {base_name(name): module for name, module in model.named_modules() if isinstance(module, layer_type)}
+
+
+def adapter_targets(ctx: BuildContext) -> dict:
+    """The target_modules and modules_to_save every PEFT config of ours gets: the exact layers the
+    run validated, and the new head trained in full."""
+    from lora_explorer.models import matching_linears
+
+    return {"target_modules": sorted(matching_linears(ctx.bundle, ctx.params["target_modules"])),
+            "modules_to_save": ctx.bundle.head_modules or None}
 
 
 def save_adapter_and_base(model, run_dir: Path) -> None:

@@ -52,16 +52,12 @@ def active_ranks(model) -> dict:
 def build(ctx):
     from peft import AdaLoraConfig, get_peft_model
 
-    from lora_explorer.models import matching_linears
-
     p = ctx.params
     tinit, tfinal = _schedule(p, ctx.steps)
     config = AdaLoraConfig(init_r=p["rank"], target_r=p["final_rank"], lora_alpha=p["alpha"],
                            lora_dropout=p["dropout"], tinit=tinit, tfinal=tfinal, deltaT=p["delta_t"],
                            beta1=p["beta1"], beta2=p["beta2"], orth_reg_weight=p["orth_reg_weight"],
-                           total_step=ctx.steps,
-                           target_modules=sorted(matching_linears(ctx.bundle, p["target_modules"])),
-                           modules_to_save=ctx.bundle.head_modules or None)
+                           total_step=ctx.steps, **_lora.adapter_targets(ctx))
     model = get_peft_model(ctx.bundle.model, config)
     # (is it Q?, parameter) for every factor: Q = lora_A (r x in), P = lora_B (out x r)
     factors = [("lora_A" in name, param) for name, param in model.named_parameters()

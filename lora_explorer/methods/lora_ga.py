@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from pathlib import Path
 
 import torch
 
@@ -148,14 +147,12 @@ def _paper_init(model, grads: dict[str, torch.Tensor], rank: int, gamma: float) 
 def build(ctx: BuildContext) -> Setup:
     from peft import LoraGAConfig, get_peft_model, preprocess_loraga
 
-    from lora_explorer.models import matching_linears
-
     if ctx.task is None:
         raise ConfigError("lora-ga needs the task's training data to estimate the gradient")
     p = ctx.params
     with _seeded(ctx):
         if p["ga_init"] == "paper":
-            names = sorted(matching_linears(ctx.bundle, p["target_modules"]))
+            names = _lora.adapter_targets(ctx)["target_modules"]
             grads = estimate_gradients(ctx, names)
             ctx.status("LoRA-GA: SVD of the gradient and initialisation")
             model = get_peft_model(ctx.bundle.model, _lora.lora_config(ctx, use_rslora=True))

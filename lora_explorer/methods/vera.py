@@ -1,9 +1,7 @@
 """VeRA (Kopiczko et al. 2024): h = W0 x + diag(b)·B·diag(d)·A x with A, B frozen random matrices
 shared by every layer; only the vectors b (init 0) and d (init d_initial) train: d_out + r per layer.
 PEFT slices the shared matrices per layer, so layers of different shapes can share them."""
-from pathlib import Path
 
-import torch
 
 from lora_explorer.methods import _lora
 from lora_explorer.methods.base import Method, Param, Setup, register
@@ -27,12 +25,9 @@ def validate(params, _steps, shapes):
 def build(ctx):
     from peft import VeraConfig, get_peft_model
 
-    from lora_explorer.models import matching_linears
-
     p = ctx.params
     config = VeraConfig(r=p["rank"], d_initial=p["d_initial"], projection_prng_key=ctx.seed, save_projection=True,
-                        target_modules=sorted(matching_linears(ctx.bundle, p["target_modules"])),
-                        modules_to_save=ctx.bundle.head_modules or None)
+                        **_lora.adapter_targets(ctx))
     model = get_peft_model(ctx.bundle.model, config)
     return Setup(model, _lora.adamw(model, ctx), updates=lambda: factored_updates(model))
 
@@ -43,14 +38,12 @@ def factored_updates(model) -> dict:
 
     from lora_explorer.analysis import Update
 
-    updates, prefix = {}, "base_model.model."
-    for name, layer in model.named_modules():
-        if isinstance(layer, VeraLayer):
-            out_features, in_features = layer.get_base_layer().weight.shape
-            b, d = layer.vera_lambda_b["default"], layer.vera_lambda_d["default"]
-            left = b[:, None] * layer.vera_B["default"][:out_features, :] * d[None, :]
-            updates[name.removeprefix(prefix)] = Update(left=left.detach(),
-                                                        right=layer.vera_A["default"][:, :in_features].detach())
+    updates = {}
+    for name, layer in _lora.adapted_layers(model, VeraLayer).items():
+        out_features, in_features = layer.get_base_layer().weight.shape
+        b, d = layer.vera_lambda_b["default"], layer.vera_lambda_d["default"]
+        left = b[:, None] * layer.vera_B["default"][:out_features, :] * d[None, :]
+        updates[name] = Update(left=left.detach(), right=layer.vera_A["default"][:, :in_features].detach())
     return updates
 
 
