@@ -1,9 +1,14 @@
-"""Weight-update spectra, for every method alike.
+"""Weight-update spectra and gradient alignment, for every method alike.
 
 ΔW(t) = W_eff(t) − W0_original for each adapted layer, where W_eff is the weight the model really
 uses. A method that knows its update in factored form (ΔW = L·R, k = a few r) hands it over and
 its spectrum costs O((m+n)·k²): QR of both factors, then the SVD of a k×k core. Anything else
 (full FT, DoRA) is measured densely, by passing the identity through the layer.
+
+Alignment compares, at the run's own weights, full fine-tuning's gradient g = dL/dW_eff (from
+hooks on the step's own forward and backward) with the method's equivalent gradient g~: what one
+SGD step on its parameters does to W_eff, to first order (a closed form from the method, or a
+finite difference through the identity probe).
 """
 from __future__ import annotations
 
@@ -56,15 +61,23 @@ def base_name(name: str) -> str:
     return name.removeprefix("base_model.model.")
 
 
-def dense_updates(model: torch.nn.Module, w0: dict[str, torch.Tensor]) -> dict[str, Update]:
-    """ΔW of every layer in w0 by the identity probe: valid for any method."""
+def outer_modules(model: torch.nn.Module, names) -> dict[str, torch.nn.Module]:
+    """The outermost module of each base-model name: the adapter wrapper where there is one."""
     found = {}
     for name, module in model.named_modules():
         key = base_name(name)
-        if key in w0 and key not in found:  # the outermost module of that name: the adapter wrapper
-            weight = effective_weight(module)
-            found[key] = Update(dense=weight - w0[key].to(weight.device))
+        if key in names and key not in found:
+            found[key] = module
     return found
+
+
+def dense_updates(model: torch.nn.Module, w0: dict[str, torch.Tensor]) -> dict[str, Update]:
+    """ΔW of every layer in w0 by the identity probe: valid for any method."""
+    updates = {}
+    for key, module in outer_modules(model, w0).items():
+        weight = effective_weight(module)
+        updates[key] = Update(dense=weight - w0[key].to(weight.device))
+    return updates
 
 
 def stats(sigma: torch.Tensor, w0_norm: float) -> dict:
@@ -95,14 +108,25 @@ def subspace_overlap(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
     return float((u_a.T @ u_b).pow(2).sum()) / k
 
 
-def spectrum_records(step: int, updates: dict[str, Update], w0_norms: dict[str, float],
+def magnitude_direction_change(w0: torch.Tensor, delta: torch.Tensor) -> dict:
+    """The DoRA paper's learning pattern, per output row i of W = W0 + ΔW (the rows DoRA's magnitude
+    scales): ΔM = mean_i |‖W_i‖ − ‖W0_i‖| and ΔD = mean_i (1 − cos(W_i, W0_i))."""
+    w0 = w0.detach().double()
+    weight = w0 + delta.detach().double().to(w0.device)
+    norms, norms0 = weight.norm(dim=1), w0.norm(dim=1)
+    cos = (weight * w0).sum(1) / (norms * norms0).clamp_min(1e-300)
+    return {"delta_m": float((norms - norms0).abs().mean()), "delta_d": float((1 - cos).mean())}
+
+
+def spectrum_records(step: int, updates: dict[str, Update], w0: dict[str, torch.Tensor],
                      targets: dict[str, torch.Tensor] | None = None) -> list[dict]:
     """One spectra.jsonl line per layer."""
     records = []
     for name in sorted(updates):
         sigma = singular_values(updates[name])
         record = {"step": step, "layer": name, "sigma": [float(s) for s in sigma[:TOP_SIGMA]],
-                  **stats(sigma, w0_norms[name])}
+                  **stats(sigma, float(w0[name].double().norm())),
+                  **magnitude_direction_change(w0[name], updates[name].matrix())}
         if targets and name in targets:
             target = targets[name]
             k = max(1, int((torch.linalg.svdvals(target.double()) > 1e-6).sum()))
@@ -110,3 +134,89 @@ def spectrum_records(step: int, updates: dict[str, Update], w0_norms: dict[str, 
             record["target_overlap"] = subspace_overlap(delta, target, k) if delta.abs().sum() > 0 else 0.0
         records.append(record)
     return records
+
+
+# ------------------------------------------------------------------ gradient alignment
+class GradientRecorder:
+    """Full fine-tuning's gradient g = dL/dW of each given layer at the current weights, collected
+    during the step's own forward and backward (no extra pass): a forward hook keeps the layer's
+    input x and hooks its output y, whose gradient gives g = Σ_tokens (dL/dy)ᵀ x. Use as a context
+    manager around forward and backward; `grads` then holds g per layer (float32)."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]):
+        self.modules, self.grads, self._handles = modules, {}, []
+
+    def __enter__(self) -> "GradientRecorder":
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(self._forward_hook(name)))
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _forward_hook(self, name):
+        def hook(_module, inputs, output):
+            if not (torch.is_tensor(output) and output.requires_grad):
+                return
+            x = inputs[0].detach()
+
+            def on_grad(grad_y):
+                g = grad_y.reshape(-1, grad_y.shape[-1]).float().T @ x.reshape(-1, x.shape[-1]).float()
+                self.grads[name] = self.grads[name] + g if name in self.grads else g
+
+            output.register_hook(on_grad)
+        return hook
+
+
+def finite_difference_gradient(layer: torch.nn.Module, rel_step: float = 1e-3) -> torch.Tensor | None:
+    """g~ = J Jᵀ g for a layer without a closed form (DoRA, VeRA, AdaLoRA): perturb the layer's
+    trainable parameters θ by ±h·θ.grad (θ.grad = Jᵀ g), read W_eff(±) with the identity probe and
+    take the central difference (W_eff(+) − W_eff(−)) / 2h. Exact to first order; the parameters
+    are restored bit for bit. None if the layer has no gradient this step."""
+    params = [p for p in layer.parameters() if p.requires_grad and p.grad is not None]
+    grad_norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params))
+    if grad_norm == 0:
+        return None
+    param_norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
+    h = rel_step * max(param_norm, 1.0) / grad_norm
+    saved = [p.detach().clone() for p in params]
+    weights = []
+    with torch.no_grad():
+        for sign in (1.0, -1.0):
+            for p, p0 in zip(params, saved):
+                p.copy_(p0 + sign * h * p.grad.to(p.dtype))
+            weights.append(effective_weight(layer).double())
+        for p, p0 in zip(params, saved):
+            p.copy_(p0)
+    return ((weights[0] - weights[1]) / (2 * h)).float()
+
+
+def attainable_cos(sigma: torch.Tensor, k: int) -> float:
+    """The largest cos(M, g) any rank-k matrix M reaches: √(Σ_{i≤k} σ_i(g)² / Σ_i σ_i(g)²)
+    (Eckart–Young: the best is g's own rank-k truncation)."""
+    energy = sigma.double().pow(2)
+    return math.sqrt(float(energy[:k].sum() / energy.sum())) if energy.sum() > 0 else 0.0
+
+
+def alignment_record(step: int, layer: str, g: torch.Tensor, g_tilde: torch.Tensor | None,
+                     rank: int | None) -> dict:
+    """cos(g~, g), ‖g~ − g‖/‖g‖ and the rank-r / rank-2r bounds of one layer (cos None when
+    either gradient is zero; bounds None for a method without a rank, full FT)."""
+    g = g.detach().double()
+    g_norm = float(g.norm())
+    record = {"step": step, "layer": layer, "cos": None, "rel_err": None, "bound_r": None, "bound_2r": None,
+              "grad_norm": g_norm}
+    if g_norm == 0:
+        return record
+    if g_tilde is not None:
+        g_tilde = g_tilde.detach().double().to(g.device)
+        g_tilde_norm = float(g_tilde.norm())
+        record["rel_err"] = float((g_tilde - g).norm()) / g_norm
+        if g_tilde_norm > 0:
+            record["cos"] = float((g_tilde * g).sum()) / (g_tilde_norm * g_norm)
+    if rank:
+        sigma = torch.linalg.svdvals(g)
+        record["bound_r"], record["bound_2r"] = attainable_cos(sigma, rank), attainable_cos(sigma, 2 * rank)
+    return record

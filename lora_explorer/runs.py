@@ -6,6 +6,9 @@
         summary.json      status and final numbers, always replaced atomically
         adapter/ | weights.safetensors   trained weights (PEFT adapter, or full FT weights)
         base.safetensors  base weights of models built from a config (toy, tiny-lm)
+        spectra.jsonl     per analysis step and adapted layer: σ of ΔW, ranks, norms, ΔM/ΔD
+        alignment.jsonl   per analysis step and adapted layer: cos(g~, g), rel. error, rank-r/2r bounds
+        (method files)    target_delta.safetensors (toy teacher), adalora_ranks.jsonl, lora_drop.json, ...
 """
 from __future__ import annotations
 
@@ -127,6 +130,9 @@ class Run:
 
     def spectra(self) -> list[dict]:
         return read_metrics(self.path / "spectra.jsonl")
+
+    def alignment(self) -> list[dict]:
+        return read_metrics(self.path / "alignment.jsonl")
 
     def summary(self) -> dict:
         """The summary, with a run whose process has died while running marked `interrupted`."""

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from lora_explorer import models, runs, tasks
+from lora_explorer import analysis, models, runs, tasks
 from lora_explorer.config import RunConfig, resolve
 from lora_explorer.methods import get_method
 from lora_explorer.methods.base import BuildContext
@@ -131,15 +131,40 @@ class Spectra:
 
     def __init__(self, setup, w0: dict, targets: dict | None, run: runs.Run):
         self.setup, self.w0, self.targets, self.run = setup, w0, targets, run
-        self.w0_norms = {name: float(weight.double().norm()) for name, weight in w0.items()}
         self.last_step = None
 
     def record(self, step: int) -> None:
-        from lora_explorer import analysis
-
         updates = self.setup.updates() if self.setup.updates else analysis.dense_updates(self.setup.model, self.w0)
-        self.run.append("spectra.jsonl", analysis.spectrum_records(step, updates, self.w0_norms, self.targets))
+        self.run.append("spectra.jsonl", analysis.spectrum_records(step, updates, self.w0, self.targets))
         self.last_step = step
+
+
+class Alignment:
+    """Writes alignment.jsonl: the method's equivalent gradient g~ against full fine-tuning's
+    gradient g at the run's own weights, per adapted layer. Point p (the weights after p updates,
+    as in spectra.jsonl) is measured during step p + 1, whose forward and backward give g there."""
+
+    def __init__(self, setup, layers, rank: int | None, every: int, run: runs.Run):
+        self.setup, self.rank, self.every, self.run = setup, rank, every, run
+        self.modules = analysis.outer_modules(setup.model, layers)
+
+    def due(self, step: int) -> bool:
+        return (step - 1) % self.every == 0
+
+    def recorder(self) -> analysis.GradientRecorder:
+        return analysis.GradientRecorder(self.modules)
+
+    def record(self, step: int, recorder: analysis.GradientRecorder) -> float | None:
+        """Write point step − 1; return the mean cos over layers."""
+        if self.setup.equivalent_gradients:
+            equivalent = self.setup.equivalent_gradients(step)
+        else:
+            equivalent = {name: analysis.finite_difference_gradient(module) for name, module in self.modules.items()}
+        records = [analysis.alignment_record(step - 1, name, recorder.grads[name], equivalent.get(name), self.rank)
+                   for name in sorted(recorder.grads)]
+        self.run.append("alignment.jsonl", records)
+        cosines = [record["cos"] for record in records if record["cos"] is not None]
+        return statistics.fmean(cosines) if cosines else None
 
 
 def _finite(value):
@@ -205,8 +230,12 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
                        eval_metric_name=task.metric_name, device=str(device))
         run.write_summary(summary)
         status("training")
-        spectra = Spectra(setup, w0, getattr(task, "target_delta", None), run) if config.analysis_every else None
-        summary.update(_loop(config, run, setup, task, device, summary, stop_event, on_record, memory, spectra))
+        spectra = alignment = None
+        if config.analysis_every:
+            spectra = Spectra(setup, w0, getattr(task, "target_delta", None), run)
+            alignment = Alignment(setup, w0, config.method_params.get("rank"), config.analysis_every, run)
+        summary.update(_loop(config, run, setup, task, device, summary, stop_event, on_record, memory,
+                             spectra, alignment))
         if summary["status"] in ("completed", "stopped"):
             method.save(setup.model, run.path)
     except Exception as error:  # noqa: BLE001 - any failure must leave a readable, finished run
@@ -221,7 +250,7 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
     return run
 
 
-def _loop(config, run, setup, task, device, summary, stop_event, on_record, memory, spectra) -> dict:
+def _loop(config, run, setup, task, device, summary, stop_event, on_record, memory, spectra, alignment) -> dict:
     model, optimizer, hooks = setup.model, setup.optimizer, setup.hooks
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
     batches = data_order(len(task), config.batch_size, config.seed)
@@ -254,22 +283,29 @@ def _loop(config, run, setup, task, device, summary, stop_event, on_record, memo
             status, step = "stopped", step - 1
             break
         batch = task.batch(task.train, next(batches), device)
+        gradients = alignment.recorder() if alignment and alignment.due(step) else None
         tick = time.perf_counter()
-        with autocast(device):
-            loss, seen = task.loss(model, batch)
-            if hooks.regularizer:
-                loss = loss + hooks.regularizer()
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):  # stop before a non-finite gradient touches the weights
-            emit({"step": step, "loss": None, "nonfinite": str(loss_value),
-                  "elapsed_s": time.perf_counter() - start})
-            return {"status": "diverged", "steps_done": step - 1, "final_loss": last_loss,
-                    "error": f"loss became {loss_value} at step {step}",
-                    "sec_per_step": statistics.median(step_times) if step_times else None,
-                    "peak_mem_mb": memory.peak_mb}
-        loss.backward()
+        with gradients or contextlib.nullcontext():
+            with autocast(device):
+                loss, seen = task.loss(model, batch)
+                if hooks.regularizer:
+                    loss = loss + hooks.regularizer()
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):  # stop before a non-finite gradient touches the weights
+                emit({"step": step, "loss": None, "nonfinite": str(loss_value),
+                      "elapsed_s": time.perf_counter() - start})
+                return {"status": "diverged", "steps_done": step - 1, "final_loss": last_loss,
+                        "error": f"loss became {loss_value} at step {step}",
+                        "sec_per_step": statistics.median(step_times) if step_times else None,
+                        "peak_mem_mb": memory.peak_mb}
+            loss.backward()
         if hooks.before_optimizer_step:
             hooks.before_optimizer_step(step)
+        analysis_s = 0.0
+        if gradients:  # before the optimizer step: the gradients and weights are still those of point step − 1
+            analysis_tick = time.perf_counter()
+            emit({"step": step - 1, "align_cos": alignment.record(step, gradients), "elapsed_s": analysis_tick - start})
+            analysis_s = time.perf_counter() - analysis_tick
         lr_used = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -278,7 +314,7 @@ def _loop(config, run, setup, task, device, summary, stop_event, on_record, memo
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # honest step times
-        step_times.append(time.perf_counter() - tick)
+        step_times.append(time.perf_counter() - tick - analysis_s)  # the method's cost, not the analysis's
         examples += seen
         last_loss = loss_value
         summary["steps_done"] = step  # right even if a later step fails

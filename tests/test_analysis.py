@@ -32,24 +32,29 @@ def test_stats_on_a_known_spectrum():
 def test_each_methods_factored_update_is_its_effective_update(method):
     params = {"start_step": 2} if method == "delta-lora" else {}
     model_setup, (w0, task) = build_with_task(method, **params)
-    for step in range(1, 7):
-        batch = task.batch(task.train, torch.arange(32 * step, 32 * step + 32), "cpu")
-        loss, _ = task.loss(model_setup.model, batch)
-        if model_setup.hooks.regularizer:
-            loss = loss + model_setup.hooks.regularizer()
-        loss.backward()
-        if model_setup.hooks.before_optimizer_step:
-            model_setup.hooks.before_optimizer_step(step)
-        model_setup.optimizer.step()
-        if model_setup.hooks.after_optimizer_step:
-            model_setup.hooks.after_optimizer_step(step)
-        model_setup.optimizer.zero_grad()
+    train_steps(model_setup, task, 6)
     factored = model_setup.updates()
     dense = analysis.dense_updates(model_setup.model, w0)
     assert set(factored) == set(dense) == set(w0)
     for name in dense:
         assert factored[name].dense is None  # really factored
         torch.testing.assert_close(factored[name].matrix(), dense[name].matrix(), atol=2e-5, rtol=1e-4)
+
+
+def train_steps(setup, task, steps):
+    """`steps` steps the way the training loop takes them, on fixed toy batches."""
+    for step in range(1, steps + 1):
+        batch = task.batch(task.train, torch.arange(32 * step, 32 * step + 32), "cpu")
+        loss, _ = task.loss(setup.model, batch)
+        if setup.hooks.regularizer:
+            loss = loss + setup.hooks.regularizer()
+        loss.backward()
+        if setup.hooks.before_optimizer_step:
+            setup.hooks.before_optimizer_step(step)
+        setup.optimizer.step()
+        if setup.hooks.after_optimizer_step:
+            setup.hooks.after_optimizer_step(step)
+        setup.optimizer.zero_grad()
 
 
 def build_with_task(method, **params):

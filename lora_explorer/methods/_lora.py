@@ -105,14 +105,33 @@ def factored_updates(model, extra=None) -> dict:
     return updates
 
 
+def _grad(param: torch.Tensor) -> torch.Tensor:
+    return param.grad if param.grad is not None else torch.zeros_like(param)
+
+
+def equivalent_gradients(model, ratio: float = 1.0, factor: float = 1.0) -> dict:
+    """g~ = factor·s·(B·g_A + ratio·g_B·A) per adapted layer: what one SGD step on (A, B), with B's
+    lr `ratio` times A's (LoRA+), does to s·B·A, to first order. The grads are the Parameters'
+    .grad, so layers sharing A and B (LoRA-drop) see the sum over the layers that share them."""
+    grads = {}
+    for name, layer in adapted_layers(model).items():
+        A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        s = layer.scaling["default"]
+        grads[name] = (factor * s) * (B.detach() @ _grad(A) + ratio * _grad(B) @ A.detach()).float()
+    return grads
+
+
 def peft_lora_method(id: str, summary: str, paper: str, **variant) -> Method:
     """A method that is a PEFT LoRA config variant (use_rslora, use_dora, ...) trained with AdamW."""
 
     def build(ctx: BuildContext) -> Setup:
         model = peft_model(ctx, **variant)
-        # DoRA's effective update is a row rescaling of W0 + sBA: full rank, measured densely
-        updates = None if variant.get("use_dora") else (lambda: factored_updates(model))
-        return Setup(model, adamw(model, ctx), updates=updates)
+        # DoRA's effective update is a row rescaling of W0 + sBA: full rank, measured densely, and
+        # with no closed form for g~ either (the analysis takes a finite difference)
+        if variant.get("use_dora"):
+            return Setup(model, adamw(model, ctx))
+        return Setup(model, adamw(model, ctx), updates=lambda: factored_updates(model),
+                     equivalent_gradients=lambda _step: equivalent_gradients(model))
 
     return Method(id=id, summary=summary, params=LORA_PARAMS, build=build, save=save_adapter,
                   restore=restore_adapter, paper=paper)

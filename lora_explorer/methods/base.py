@@ -80,12 +80,19 @@ class Hooks:
 class Setup:
     """What a method hands back to the loop. `updates`, when given, returns every adapted layer's
     ΔW in factored form (lora_explorer.analysis.Update), keyed by module name in the base model, so
-    its spectrum is exact and cheap; without it the analysis measures ΔW densely."""
+    its spectrum is exact and cheap; without it the analysis measures ΔW densely.
+
+    `equivalent_gradients(step)`, when given, returns every adapted layer's equivalent gradient g~
+    (m x n): to first order, the change of W_eff that one SGD step on the method's parameters makes,
+    per unit of the base lr, after any adjustment the method makes to its gradients. It is called
+    after backward and before_optimizer_step(step), before the optimizer step. Without it the
+    analysis takes a finite difference (analysis.finite_difference_gradient)."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     hooks: Hooks = field(default_factory=Hooks)
     updates: Callable[[], dict] | None = None
+    equivalent_gradients: Callable[[int], dict] | None = None
 
 
 @dataclass

@@ -52,8 +52,11 @@ def build(ctx):
         return (torch.cat([s * layer.lora_B["default"].weight, -s * b_k], 1),
                 torch.cat([layer.lora_A["default"].weight, a_k], 0))
 
+    def equivalent_gradients(step):  # after step K, W also moves by λ times the change of s·B·A
+        return _lora.equivalent_gradients(model, factor=1 + ratio if step > start else 1.0)
+
     return Setup(model, _lora.adamw(model, ctx), Hooks(before_optimizer_step=snapshot, after_optimizer_step=move_base),
-                 updates=lambda: _lora.factored_updates(model, base_change))
+                 updates=lambda: _lora.factored_updates(model, base_change), equivalent_gradients=equivalent_gradients)
 
 
 register(Method(

@@ -5,12 +5,19 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from lora_explorer.methods.base import Method, Setup, register
+from lora_explorer.models import matching_linears
 
 
 def build(ctx):
     model = ctx.bundle.model
     model.requires_grad_(True)
-    return Setup(model, torch.optim.AdamW(model.parameters(), lr=ctx.lr, weight_decay=ctx.weight_decay))
+    layers = {name: model.get_submodule(name) for name in matching_linears(ctx.bundle, "auto")}
+
+    def equivalent_gradients(_step):  # full FT follows its own gradient: g~ = g, the reference
+        return {name: layer.weight.grad.float() for name, layer in layers.items() if layer.weight.grad is not None}
+
+    return Setup(model, torch.optim.AdamW(model.parameters(), lr=ctx.lr, weight_decay=ctx.weight_decay),
+                 equivalent_gradients=equivalent_gradients)
 
 
 def save(model, run_dir):

@@ -99,7 +99,8 @@ def build(ctx):
     tie(model, plan["shared"])
     if ctx.run_dir is not None:
         (Path(ctx.run_dir) / SPLIT_FILE).write_text(json.dumps(plan, indent=2))
-    return Setup(model, _lora.adamw(model, ctx), updates=lambda: _lora.factored_updates(model))
+    return Setup(model, _lora.adamw(model, ctx), updates=lambda: _lora.factored_updates(model),
+                 equivalent_gradients=lambda _step: _lora.equivalent_gradients(model))
 
 
 def restore(base, run_dir, params):

@@ -1,8 +1,12 @@
 """LoRA-FA (Zhang et al. 2023): A stays frozen at its random init and only B trains. PEFT's
 optimizer adds the v2 closed-form correction g_B <- g_B (A A^T)^-1 / s^2, so the update s·ΔB·A is
 the projection of the full gradient onto A's row space. Avoid combining with DoRA (pitfall)."""
+import torch
+
 from lora_explorer.methods import _lora
 from lora_explorer.methods.base import Method, Setup, register
+
+PEFT_DELTA = 1e-8  # the damping PEFT's LoRA-FA optimizer adds to A Aᵀ before inverting it
 
 
 def build(ctx):
@@ -11,7 +15,23 @@ def build(ctx):
     model = _lora.peft_model(ctx)
     optimizer = create_lorafa_optimizer(model, r=ctx.params["rank"], lora_alpha=ctx.params["alpha"], lr=ctx.lr,
                                         weight_decay=ctx.weight_decay)  # also sets lora_A.requires_grad = False
-    return Setup(model, optimizer, updates=lambda: _lora.factored_updates(model))
+    return Setup(model, optimizer, updates=lambda: _lora.factored_updates(model),
+                 equivalent_gradients=lambda _step: equivalent_gradients(model))
+
+
+def equivalent_gradients(model) -> dict:
+    """g~ = s·g_B'·A with PEFT's corrected g_B' = g_B (A Aᵀ + δI)⁻¹ / s²: = g·A⁺A, the projection of
+    the full gradient onto A's row space (A is frozen, so B's step is the only change)."""
+    grads = {}
+    for name, layer in _lora.adapted_layers(model).items():
+        A, B = layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight
+        if B.grad is None:
+            continue
+        s = layer.scaling["default"]
+        gram = A @ A.T + PEFT_DELTA * torch.eye(len(A), device=A.device, dtype=A.dtype)
+        corrected = torch.linalg.solve(gram, B.grad.T).T / (s * s)  # g_B (A Aᵀ + δI)⁻¹ / s²
+        grads[name] = (s * corrected @ A).float()
+    return grads
 
 
 register(Method(

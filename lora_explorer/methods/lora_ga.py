@@ -171,7 +171,8 @@ def build(ctx: BuildContext) -> Setup:
     initial = {name: (-layer.scaling["default"] * layer.lora_B["default"].weight.detach().clone(),
                       layer.lora_A["default"].weight.detach().clone())
                for name, layer in _lora.adapted_layers(model).items()}
-    return Setup(model, _lora.adamw(model, ctx), updates=lambda: _lora.factored_updates(model, lambda n, _: initial[n]))
+    return Setup(model, _lora.adamw(model, ctx), updates=lambda: _lora.factored_updates(model, lambda n, _: initial[n]),
+                 equivalent_gradients=lambda _step: _lora.equivalent_gradients(model))
 
 
 def validate(params: dict, steps: int, shapes: dict) -> dict:

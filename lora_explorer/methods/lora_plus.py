@@ -18,7 +18,8 @@ def build(ctx):
     optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=ctx.lr,
                                           loraplus_lr_ratio=ctx.params["ratio"],
                                           loraplus_weight_decay=ctx.weight_decay)
-    return Setup(model, optimizer, updates=lambda: _lora.factored_updates(model))
+    return Setup(model, optimizer, updates=lambda: _lora.factored_updates(model),
+                 equivalent_gradients=lambda _step: _lora.equivalent_gradients(model, ratio=ctx.params["ratio"]))
 
 
 register(Method(

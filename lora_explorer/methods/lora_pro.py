@@ -238,7 +238,25 @@ def build(ctx):
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in paired]
     optimizer = LoraProAdamW(pairs, others, lr=ctx.lr, weight_decay=ctx.weight_decay,
                              moments=ctx.params["moments"])
-    return Setup(model, optimizer, updates=lambda: _lora.factored_updates(model))
+    return Setup(model, optimizer, updates=lambda: _lora.factored_updates(model),
+                 equivalent_gradients=lambda _step: equivalent_gradients(model))
+
+
+def equivalent_gradients(model) -> dict:
+    """g~ = s B g_A + s g_B A with the adjusted grads (step 1 of the optimizer): the projection of g
+    onto the tangent space {B Y + Z A}, the closest any step of (A, B) can get."""
+    grads = {}
+    for name, layer in _lora.adapted_layers(model).items():
+        A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        if A.grad is None and B.grad is None:
+            continue
+        s = layer.scaling["default"]
+        gA = A.grad if A.grad is not None else torch.zeros_like(A)
+        gB = B.grad if B.grad is not None else torch.zeros_like(B)
+        point = _points([(A, B)])[0]
+        new_gA, new_gB = point.adjust(gA, gB, s)
+        grads[name] = point.equivalent(new_gA, new_gB, s).float()
+    return grads
 
 
 register(Method(
