@@ -1,4 +1,5 @@
-"""Overhead of our training loop against a bare PEFT + torch loop doing the same work.
+"""Overhead of our training loop against a bare PEFT + torch loop doing the same work, with the
+analysis (spectra + gradient alignment) off and at its default cadence.
 
 Both sides train minilm on the built-in `sentiment` task with LoRA (r=8, alpha=16, dropout 0,
 targets query,value, the classifier in modules_to_save), AdamW lr 5e-4, batch size 16, the same
@@ -6,15 +7,18 @@ seed and the same batches (`lora_explorer.train.data_order`), for --steps steps,
 
 Timed on both sides: the training loop after WARMUP warm-up steps, from the end of step WARMUP to
 the end of the last step, divided by the number of steps in between.
-  - ours: `train(...)` with log_every=1 and eval_every=steps (its one evaluation comes after the
-    last logged step), timed by `elapsed_s` in metrics.jsonl. This includes all that our loop does
-    per step besides the compute: batch slicing, the lr scheduler, logging, the stop check.
+  - ours: `train(...)` with log_every=1, eval_every=steps (its one evaluation comes after the
+    last logged step) and analysis_every=0, timed by `elapsed_s` in metrics.jsonl. This includes
+    all that our loop does per step besides the compute: batch slicing, the lr scheduler, logging,
+    the stop check.
+  - ours+analysis: the same with the default analysis cadence (a tenth of the run): ΔW spectra
+    and gradient alignment (hooks, equivalent gradients, bounds) at steps 0, 6, 12, ... of 60.
   - bare: index the batch, forward, cross-entropy, backward, AdamW step, zero_grad, loss.item(),
     timed with perf_counter at the same points.
 Model loading and evaluation are never timed. Columns: total wall (the headline ratio), the median
 wall time of one step (robust to bursts of load from other processes) and the median `step_time_s`
 (forward..zero_grad only).
-Sides are interleaved (bare, ours, bare, ours, ...); the best run of each side counts.
+Sides are interleaved (bare, ours, ours+analysis, bare, ...); the best run of each side counts.
 
 Run:   .venv/bin/python benchmarks/loop_overhead.py [--steps 60] [--repeats 2] [--threads 1]
 torch runs single-threaded by default: on a shared machine a busy neighbour slows a multi-threaded
@@ -48,9 +52,13 @@ COLUMNS = {"s_per_step": "total wall", "median_wall_step_s": "median wall step",
            "median_step_time_s": "median step_time_s"}
 
 
-def config(steps: int) -> RunConfig:
+SIDES = ("bare", "ours", "ours+analysis")
+
+
+def config(steps: int, analysis: bool = False) -> RunConfig:
     return RunConfig(model="minilm", method="lora", task="sentiment", steps=steps, eval_every=steps,
                      log_every=1, lr=LR, batch_size=BATCH, seed=SEED, device="cpu",
+                     analysis_every=None if analysis else 0,  # None: the default cadence
                      method_params=dict(rank=8, alpha=16.0, dropout=0.0, target_modules="query,value"))
 
 
@@ -84,8 +92,8 @@ def run_bare(steps: int) -> dict:
     return summarise(ends, step_times, steps)
 
 
-def run_ours(steps: int, runs_dir: str) -> dict:
-    run = train(config(steps), runs_dir=runs_dir)
+def run_ours(steps: int, runs_dir: str, analysis: bool) -> dict:
+    run = train(config(steps, analysis), runs_dir=runs_dir)
     summary = run.summary()
     if summary.get("status") != "completed":
         raise RuntimeError(f"our run did not complete: {summary}")
@@ -114,11 +122,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     load_before = os.getloadavg()
-    raw = {"bare": [], "ours": []}
+    raw = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory() as runs_dir:
         for repeat in range(args.repeats):
-            for side in ("bare", "ours"):
-                result = run_bare(args.steps) if side == "bare" else run_ours(args.steps, runs_dir)
+            for side in SIDES:
+                result = run_bare(args.steps) if side == "bare" else run_ours(args.steps, runs_dir, side != "ours")
                 raw[side].append(result)
                 print(f"  {side} #{repeat + 1}: " + ", ".join(
                     f"{label} {result[key] * 1e3:.1f} ms" for key, label in COLUMNS.items()), flush=True)
@@ -126,22 +134,30 @@ def main() -> None:
 
     best = {side: {key: min(r[key] for r in results) for key in COLUMNS} for side, results in raw.items()}
     ratios = {key: best["bare"][key] / best["ours"][key] for key in COLUMNS}  # = ours/bare in steps/s
+    with_analysis = {key: best["bare"][key] / best["ours+analysis"][key] for key in COLUMNS}
+    analysis_cost = {key: best["ours"][key] / best["ours+analysis"][key] for key in COLUMNS}
 
     print(f"\nminilm / sentiment / LoRA r=8, batch {BATCH}, {args.steps} steps (first {WARMUP} discarded), "
           f"{torch.get_num_threads()} torch threads, best of {args.repeats}, "
           f"load avg {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} CPUs\n")
     print("| ms per step | " + " | ".join(COLUMNS.values()) + " |")
     print("|---|" + "---:|" * len(COLUMNS))
-    for side in ("bare", "ours"):
+    for side in SIDES:
         print(f"| {side} | " + " | ".join(f"{best[side][key] * 1e3:.1f}" for key in COLUMNS) + " |")
-    print("| **ours/bare steps/s** | " + " | ".join(f"**{ratios[key]:.3f}**" for key in COLUMNS) + " |\n")
-    print(f"ratio ours/bare steps/s: {ratios['s_per_step']:.3f} (target >= 0.97)")
+    for label, values in [("ours/bare", ratios), ("ours+analysis/bare", with_analysis),
+                          ("ours+analysis/ours", analysis_cost)]:
+        print(f"| **{label} steps/s** | " + " | ".join(f"**{values[key]:.3f}**" for key in COLUMNS) + " |")
+    print(f"\nratio ours/bare steps/s: {ratios['s_per_step']:.3f} (target >= 0.97); with the analysis at its "
+          f"default cadence: {with_analysis['s_per_step']:.3f} of bare, {analysis_cost['s_per_step']:.3f} of ours "
+          "without it (target >= 0.85)")
 
     out = Path(__file__).resolve().parent / "results" / "loop_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "steps": args.steps, "warmup_steps": WARMUP, "repeats": args.repeats, "batch_size": BATCH,
         "raw": raw, "best": best, "ratio_ours_over_bare_steps_per_s": ratios, "target": 0.97,
+        "ratio_ours_analysis_over_bare_steps_per_s": with_analysis,
+        "ratio_ours_analysis_over_ours_steps_per_s": analysis_cost, "target_analysis": 0.85,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu",
                     "load_avg_1min_before_after": [load_before[0], load_after[0]], **versions()},

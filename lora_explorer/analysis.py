@@ -193,11 +193,19 @@ def finite_difference_gradient(layer: torch.nn.Module, rel_step: float = 1e-3) -
     return ((weights[0] - weights[1]) / (2 * h)).float()
 
 
-def attainable_cos(sigma: torch.Tensor, k: int) -> float:
-    """The largest cos(M, g) any rank-k matrix M reaches: √(Σ_{i≤k} σ_i(g)² / Σ_i σ_i(g)²)
-    (Eckart–Young: the best is g's own rank-k truncation)."""
-    energy = sigma.double().pow(2)
-    return math.sqrt(float(energy[:k].sum() / energy.sum())) if energy.sum() > 0 else 0.0
+def squared_singular_values(g: torch.Tensor) -> torch.Tensor:
+    """σ_i(g)², largest first: the eigenvalues of the smaller Gram matrix in float64, as exact as
+    svdvals for this purpose and about twice as fast (the bounds dominate the alignment's cost)."""
+    g = g.double()
+    gram = g.T @ g if g.shape[1] <= g.shape[0] else g @ g.T
+    return torch.linalg.eigvalsh(gram).flip(0).clamp_min(0)
+
+
+def attainable_cos(energy: torch.Tensor, k: int) -> float:
+    """The largest cos(M, g) any rank-k matrix M reaches, from energy = σ_i(g)² (largest first):
+    √(Σ_{i≤k} σ_i² / Σ_i σ_i²) (Eckart–Young: the best is g's own rank-k truncation)."""
+    total = float(energy.sum())
+    return min(1.0, math.sqrt(float(energy[:k].sum()) / total)) if total > 0 else 0.0
 
 
 def alignment_record(step: int, layer: str, g: torch.Tensor, g_tilde: torch.Tensor | None,
@@ -217,6 +225,6 @@ def alignment_record(step: int, layer: str, g: torch.Tensor, g_tilde: torch.Tens
         if g_tilde_norm > 0:
             record["cos"] = float((g_tilde * g).sum()) / (g_tilde_norm * g_norm)
     if rank:
-        sigma = torch.linalg.svdvals(g)
-        record["bound_r"], record["bound_2r"] = attainable_cos(sigma, rank), attainable_cos(sigma, 2 * rank)
+        energy = squared_singular_values(g)
+        record["bound_r"], record["bound_2r"] = attainable_cos(energy, rank), attainable_cos(energy, 2 * rank)
     return record

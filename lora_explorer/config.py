@@ -27,8 +27,8 @@ COMMON_PARAMS = (
     Param("seed", int, 0, "same seed = same head init and same data order for every method", 0, 2**31 - 1),
     Param("log_every", int, 1, "log the training loss every N steps", 1, LIMITS["steps"]),
     Param("eval_every", int, None, "evaluate every N steps (and always at the end)", 1, LIMITS["steps"]),
-    Param("analysis_every", int, None, "record ΔW spectra every N steps, at step 0 and at the end "
-          "(default: a tenth of the run; 0 = off)", 0, LIMITS["steps"]),
+    Param("analysis_every", int, None, "record ΔW spectra and gradient alignment every N steps, from step 0 "
+          "(spectra also at the end; default: a tenth of the run; 0 = off)", 0, LIMITS["steps"]),
     Param("weight_decay", float, 0.0, "AdamW weight decay", 0.0, 10.0),
     Param("lr_schedule", str, "constant", "learning-rate schedule after warm-up", choices=SCHEDULES),
     Param("warmup_steps", int, 0, "linear warm-up steps", 0, LIMITS["steps"]),

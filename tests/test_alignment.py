@@ -142,10 +142,14 @@ def test_lora_fa_formula_is_pefts_corrected_step():
 
 
 def test_attainable_cos_on_a_known_spectrum():
-    sigma = torch.tensor([3.0, 2.0, 1.0, 1.0])
-    assert analysis.attainable_cos(sigma, 1) == pytest.approx((9 / 15) ** 0.5)
-    assert analysis.attainable_cos(sigma, 2) == pytest.approx((13 / 15) ** 0.5)
-    assert analysis.attainable_cos(sigma, 8) == pytest.approx(1.0)
+    energy = torch.tensor([3.0, 2.0, 1.0, 1.0]) ** 2
+    assert analysis.attainable_cos(energy, 1) == pytest.approx((9 / 15) ** 0.5)
+    assert analysis.attainable_cos(energy, 2) == pytest.approx((13 / 15) ** 0.5)
+    assert analysis.attainable_cos(energy, 8) == pytest.approx(1.0)
+    g = torch.randn(40, 24, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for matrix in (g, g.T):
+        expected = torch.linalg.svdvals(matrix) ** 2
+        torch.testing.assert_close(analysis.squared_singular_values(matrix), expected, rtol=1e-9, atol=1e-9)
     g = torch.diag(torch.tensor([3.0, 2.0, 1.0, 1.0]))
     best_rank_2 = torch.diag(torch.tensor([3.0, 2.0, 0.0, 0.0]))
     record = analysis.alignment_record(0, "x", g, best_rank_2, 1)
