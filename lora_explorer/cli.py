@@ -1,4 +1,4 @@
-"""Command line: `python -m lora_explorer {train,methods,runs,evaluate}`.
+"""Command line: `python -m lora_explorer {train,sweep,methods,runs,evaluate}`.
 
 Method and task flags are generated from the parameters each method and task declares, exactly
 as the Train form is. Bad input prints one line `error: ...` on stderr and exits 2.
@@ -49,27 +49,37 @@ def _add_declared(group, params, owners: dict) -> None:
                            help=helptext)
 
 
+def _add_run_arguments(command, name_help: str, method_title: str = "method parameters") -> None:
+    """What a run is made of: model, task, runs root, training, method and task parameters."""
+    command.add_argument("--model", default="toy",
+                         help=f"{', '.join(models.BUILTIN_MODELS)}, a hub id or a local directory (default toy)")
+    command.add_argument("--task", default=None,
+                         help=f"{', '.join(tasks.TASKS)}, a .csv/.jsonl file, or hf:<dataset> (default: the model's)")
+    command.add_argument("--runs-dir", default=None, help="runs root (default $LORA_EXPLORER_RUNS or ./runs)")
+    command.add_argument("--name", default="", help=name_help)
+    command.add_argument("--trust-remote-code", action="store_true",
+                         help="allow a hub model to run its own Python code (off by default: only for repos you trust)")
+    common = {param.name: param for param in COMMON_PARAMS}
+    _add_declared(command.add_argument_group("training"), common, {})
+    owners = {name: [m.id for m in REGISTRY.values() if any(p.name == name for p in m.params)] for name in METHOD_PARAMS}
+    _add_declared(command.add_argument_group(method_title), METHOD_PARAMS, owners)
+    task_owners = {name: [s.name for s in tasks.TASKS.values() if any(p.name == name for p in s.params)]
+                   + (["file"] if any(p.name == name for p in tasks.FILE_PARAMS) else []) for name in TASK_PARAMS}
+    _add_declared(command.add_argument_group("task parameters"), TASK_PARAMS, task_owners)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m lora_explorer", description="Train and compare LoRA-family fine-tuning methods.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = commands.add_parser("train", help="train one run in the foreground")
-    train.add_argument("--model", default="toy",
-                       help=f"{', '.join(models.BUILTIN_MODELS)}, a hub id or a local directory (default toy)")
     train.add_argument("--method", default="lora", help=f"one of {', '.join(REGISTRY)} (default lora)")
-    train.add_argument("--task", default=None,
-                       help=f"{', '.join(tasks.TASKS)}, a .csv/.jsonl file, or hf:<dataset> (default: the model's)")
-    train.add_argument("--runs-dir", default=None, help="runs root (default $LORA_EXPLORER_RUNS or ./runs)")
-    train.add_argument("--name", default="", help="a label for this run")
-    train.add_argument("--trust-remote-code", action="store_true",
-                       help="allow a hub model to run its own Python code (off by default: only for repos you trust)")
-    common = {param.name: param for param in COMMON_PARAMS}
-    _add_declared(train.add_argument_group("training"), common, {})
-    owners = {name: [m.id for m in REGISTRY.values() if any(p.name == name for p in m.params)] for name in METHOD_PARAMS}
-    _add_declared(train.add_argument_group("method parameters"), METHOD_PARAMS, owners)
-    task_owners = {name: [s.name for s in tasks.TASKS.values() if any(p.name == name for p in s.params)]
-                   + (["file"] if any(p.name == name for p in tasks.FILE_PARAMS) else []) for name in TASK_PARAMS}
-    _add_declared(train.add_argument_group("task parameters"), TASK_PARAMS, task_owners)
+    _add_run_arguments(train, "a label for this run")
+    sweep = commands.add_parser("sweep", help="train several methods (and seeds) on the same data and budget, "
+                                              "one after the other, as one comparison group")
+    sweep.add_argument("--methods", required=True, help="comma-separated method ids, e.g. lora,lora-plus,dora")
+    sweep.add_argument("--seeds", default=None, help="comma-separated seeds (default: --seed, i.e. 0)")
+    _add_run_arguments(sweep, "a label for the sweep", "method parameters (each applies to every method that has it)")
 
     commands.add_parser("methods", help="list the methods")
     listing = commands.add_parser("runs", help="list the runs")
@@ -89,7 +99,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     stray = [name for name in METHOD_PARAMS if name in given and method and name not in own]
     if stray:
         raise ConfigError(f"method '{args.method}' has no parameter --{stray[0].replace('_', '-')}")
-    return RunConfig(model=args.model, method=args.method, task=args.task, method_params=method_params,
+    return _run_config(args, args.method, method_params)
+
+
+def _run_config(args: argparse.Namespace, method: str, method_params: dict) -> RunConfig:
+    given = vars(args)
+    return RunConfig(model=args.model, method=method, task=args.task, method_params=method_params,
                      task_params={name: given[name] for name in TASK_PARAMS if name in given},
                      trust_remote_code=args.trust_remote_code, name=args.name,
                      **{p.name: given[p.name] for p in COMMON_PARAMS if p.name in given})
@@ -129,6 +144,48 @@ def cmd_train(args) -> int:
     return 0 if status == "completed" else 1
 
 
+def cmd_sweep(args) -> int:
+    from tqdm import tqdm
+
+    from lora_explorer import sweeps
+
+    shared = {name: value for name, value in vars(args).items() if name in METHOD_PARAMS}
+    base = _run_config(args, "lora", {})
+    sweep = sweeps.plan(base, args.methods, args.seeds if args.seeds is not None else [base.seed], shared, args.name)
+    total = len(sweep.methods) * len(sweep.seeds)
+    print(f"sweep {sweep.id}: {total} runs ({', '.join(sweep.methods)} x seeds {sweep.seeds})", file=sys.stderr)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop this run, launch no more
+    bar = None
+
+    def on_run(run):
+        nonlocal bar
+        if bar is not None:
+            bar.close()
+        config = run.config()
+        bar = tqdm(total=config["steps"], file=sys.stderr, unit="step", dynamic_ncols=True,
+                   desc=f"{config['method']} seed {config['seed']}")
+
+    def on_record(record):
+        if bar is not None and record.get("loss") is not None:
+            bar.update(record["step"] - bar.n)
+            bar.set_postfix(loss=f"{record['loss']:.4g}")
+
+    done = sweeps.run(sweep, args.runs_dir, stop_event=stop, on_run=on_run, on_record=on_record)
+    if bar is not None:
+        bar.close()
+    rows = [("method", "seed", "status", "loss", "eval", "metric", "s/step", "run")]
+    for run in done:
+        s, c = run.summary(), run.config()
+        rows.append((c["method"], str(c["seed"]), s.get("status", "?"), _fmt(s.get("final_loss")),
+                     _fmt(s.get("final_eval_loss")), f"{s.get('eval_metric_name', '')} {_fmt(s.get('final_eval_metric'))}",
+                     _fmt(s.get("sec_per_step"), ".3g"), run.id))
+    _print_table(rows)
+    print(sweep.id)
+    finished = len(done) == total and all(run.summary().get("status") == "completed" for run in done)
+    return 0 if finished else 1
+
+
 def cmd_methods(_args) -> int:
     width = max(map(len, REGISTRY))
     for method in REGISTRY.values():
@@ -152,10 +209,14 @@ def cmd_runs(args) -> int:
                      str(s.get("steps_done", "-")), _fmt(s.get("final_loss")), _fmt(s.get("final_eval_loss")),
                      f"{s.get('eval_metric_name', '')} {_fmt(s.get('final_eval_metric'))}".strip(),
                      _fmt(s.get("sec_per_step"), ".3g")))
+    _print_table(rows)
+    return 0
+
+
+def _print_table(rows) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -172,7 +233,8 @@ def cmd_evaluate(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "methods": cmd_methods, "runs": cmd_runs, "evaluate": cmd_evaluate}[args.command]
+    handler = {"train": cmd_train, "sweep": cmd_sweep, "methods": cmd_methods, "runs": cmd_runs,
+               "evaluate": cmd_evaluate}[args.command]
     try:
         return handler(args)
     except ConfigError as error:

@@ -56,6 +56,7 @@ class RunConfig:
     device: str = "auto"
     trust_remote_code: bool = False
     name: str = ""  # a label for humans; run ids are generated
+    group: str = ""  # the sweep this run belongs to (lora_explorer.sweeps), if any
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,7 +104,7 @@ def resolve(config: RunConfig) -> RunConfig:
     if resolved.lr <= 0 or not math.isfinite(resolved.lr):
         raise ConfigError(f"--lr must be a positive number, got {resolved.lr:g}")
     resolved.eval_every = min(resolved.eval_every, resolved.steps)
-    resolved.name = _clean_name(resolved.name)
+    resolved.name = clean_label(resolved.name)
     from lora_explorer.train import pick_device
 
     pick_device(resolved.device)  # an unavailable device is bad input, not a failed run
@@ -127,7 +128,7 @@ def _check_rank(rank: int, shapes: dict) -> None:
                           f"({smallest[0]}x{smallest[1]}); the largest rank here is {min(smallest)}")
 
 
-def _clean_name(name) -> str:
+def clean_label(name) -> str:
     """Human labels are kept only as text in config.json; keep them short and printable."""
     text = "".join(ch for ch in str(name or "") if ch.isprintable())
     return text.strip()[:80]

@@ -32,7 +32,7 @@ def runs_root(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get("LORA_EXPLORER_RUNS") or "runs").expanduser().resolve()
 
 
-def _atomic_write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(partial, "w") as handle:
         json.dump(data, handle, indent=2)
@@ -93,7 +93,7 @@ class Run:
         return cls(path)
 
     def write_config(self, config: dict) -> None:
-        _atomic_write_json(self.path / "config.json", config)
+        write_json(self.path / "config.json", config)
 
     def log(self, record: dict) -> None:
         if self._metrics is None:
@@ -111,7 +111,7 @@ class Run:
         if running:  # live before the file says running, and still live until the file says otherwise
             with _LIVE_LOCK:
                 _LIVE.add(self.path.resolve())
-        _atomic_write_json(self.path / "summary.json", summary)
+        write_json(self.path / "summary.json", summary)
         if not running:
             with _LIVE_LOCK:
                 _LIVE.discard(self.path.resolve())
@@ -146,7 +146,7 @@ class Run:
             summary = {**summary, "status": "interrupted",
                        "error": "the training process ended while the run was running"}
             try:
-                _atomic_write_json(self.path / "summary.json", summary)
+                write_json(self.path / "summary.json", summary)
             except OSError:
                 pass  # read-only runs root: still report it as interrupted
         return summary
