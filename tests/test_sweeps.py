@@ -88,3 +88,17 @@ def test_cli_sweep(tmp_path):
     bad = subprocess.run(command[:5] + ["lora,rslora", "--rank", "-1", "--runs-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --rank must be at least 1, got -1"
+
+
+def test_notebook_api(tmp_path, capsys):
+    import lora_explorer as lx
+
+    run = lx.train(model="toy", method="lora", steps=3, method_params={"rank": 2}, runs_dir=tmp_path, progress=True)
+    assert run.summary()["status"] == "completed" and "lora seed 0" in capsys.readouterr().err  # the bar
+    done = lx.sweep(["lora", "vera"], seeds=[5], runs_dir=tmp_path, model="toy", steps=3, shared_params={"rank": 2})
+    assert [(r.config()["method"], r.config()["seed"]) for r in done] == [("lora", 5), ("vera", 5)]
+    assert {r.id for r in lx.runs(tmp_path)} == {run.id, *(r.id for r in done)}
+    assert [r.id for r in lx.runs(tmp_path, method="vera")] == [done[1].id]
+    assert lx.load_run(run.id, tmp_path).path == run.path
+    with pytest.raises(lx.ConfigError, match="outside the runs directory"):
+        lx.load_run("../elsewhere", tmp_path)

@@ -1,0 +1,80 @@
+"""The notebook API: `import lora_explorer as lx`, then lx.train, lx.sweep, lx.load_run, lx.runs.
+
+The same engine as the app and the CLI (lora_explorer.train), blocking, with a progress bar in a
+notebook; runs are ordinary run directories, so the app sees them too.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from lora_explorer import runs as run_store
+from lora_explorer import sweeps
+from lora_explorer.config import RunConfig
+from lora_explorer.train import train as train_run
+
+
+def _in_notebook() -> bool:
+    return "ipykernel" in sys.modules
+
+
+class _Progress:
+    """A tqdm bar per run (the notebook widget in Jupyter), fed by train()'s callbacks."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, None
+
+    def start(self, run: run_store.Run) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        self.close()
+        config = run.config()
+        self.bar = tqdm(total=config["steps"], unit="step", desc=f"{config['method']} seed {config['seed']}")
+
+    def record(self, record: dict) -> None:
+        if self.bar is not None and record.get("loss") is not None:
+            self.bar.update(record["step"] - self.bar.n)
+            self.bar.set_postfix(loss=f"{record['loss']:.4g}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def train(config: RunConfig | None = None, runs_dir: str | os.PathLike | None = None, *,
+          progress: bool | None = None, **fields) -> run_store.Run:
+    """Train one run and return it. Either a RunConfig or its fields as keywords:
+    lx.train(model="toy", method="dora", steps=200, method_params={"rank": 4}).
+    progress: show a progress bar (default: in a notebook)."""
+    config = config if config is not None else RunConfig(**fields)
+    bar = _Progress(_in_notebook() if progress is None else progress)
+    try:
+        return train_run(config, runs_dir, on_run=bar.start, on_record=bar.record)
+    finally:
+        bar.close()
+
+
+def sweep(methods, seeds=(0,), runs_dir: str | os.PathLike | None = None, *, shared_params: dict | None = None,
+          name: str = "", progress: bool | None = None, **fields) -> list[run_store.Run]:
+    """Train several methods (and seeds) on the same data and budget, one after the other; returns
+    the runs. lx.sweep(["lora", "lora-plus"], model="toy", steps=200, shared_params={"rank": 8})."""
+    plan = sweeps.plan(RunConfig(**fields), methods, seeds, shared_params, name)
+    bar = _Progress(_in_notebook() if progress is None else progress)
+    try:
+        return sweeps.run(plan, runs_dir, on_run=bar.start, on_record=bar.record)
+    finally:
+        bar.close()
+
+
+def load_run(path_or_id: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> run_store.Run:
+    """A run by its directory or its id under the runs root."""
+    return run_store.open_run(path_or_id, runs_dir)
+
+
+def runs(runs_dir: str | os.PathLike | None = None, **where) -> list[run_store.Run]:
+    """Every run under the root, newest first; keywords filter on config.json, e.g. runs(method="lora")."""
+    return [run_store.Run(info.path) for info in run_store.list_runs(runs_dir)
+            if all(info.config.get(key) == value for key, value in where.items())]
