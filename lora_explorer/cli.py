@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "one after the other, as one comparison group")
     sweep.add_argument("--methods", required=True, help="comma-separated method ids, e.g. lora,lora-plus,dora")
     sweep.add_argument("--seeds", default=None, help="comma-separated seeds (default: --seed, i.e. 0)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                       help="also vary a method, task or training parameter, e.g. --grid rank=4,16,64 (repeatable: "
+                            "every combination runs)")
     _add_run_arguments(sweep, "a label for the sweep", "method parameters (each applies to every method that has it)")
 
     commands.add_parser("methods", help="list the methods")
@@ -151,9 +154,17 @@ def cmd_sweep(args) -> int:
 
     shared = {name: value for name, value in vars(args).items() if name in METHOD_PARAMS}
     base = _run_config(args, "lora", {})
-    sweep = sweeps.plan(base, args.methods, args.seeds if args.seeds is not None else [base.seed], shared, args.name)
-    total = len(sweep.methods) * len(sweep.seeds)
-    print(f"sweep {sweep.id}: {total} runs ({', '.join(sweep.methods)} x seeds {sweep.seeds})", file=sys.stderr)
+    grid = {}
+    for item in args.grid:
+        key, _, values = item.partition("=")
+        if not key or not values:
+            raise ConfigError(f"--grid takes NAME=V1,V2,..., got {item!r}")
+        grid[key.strip().replace("-", "_")] = [value.strip() for value in values.split(",") if value.strip()]
+    sweep = sweeps.plan(base, args.methods, args.seeds if args.seeds is not None else [base.seed], shared, args.name,
+                        grid)
+    total = len(sweep.configs())
+    print(f"sweep {sweep.id}: {total} runs ({', '.join(sweep.methods)} x seeds {sweep.seeds}"
+          + "".join(f" x {key} {values}" for key, values in grid.items()) + ")", file=sys.stderr)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop this run, launch no more
     bar = None
@@ -174,10 +185,10 @@ def cmd_sweep(args) -> int:
     done = sweeps.run(sweep, args.runs_dir, stop_event=stop, on_run=on_run, on_record=on_record)
     if bar is not None:
         bar.close()
-    rows = [("method", "seed", "status", "loss", "eval", "metric", "s/step", "run")]
+    rows = [("method", "seed", "name", "status", "loss", "eval", "metric", "s/step", "run")]
     for run in done:
         s, c = run.summary(), run.config()
-        rows.append((c["method"], str(c["seed"]), s.get("status", "?"), _fmt(s.get("final_loss")),
+        rows.append((c["method"], str(c["seed"]), c["name"], s.get("status", "?"), _fmt(s.get("final_loss")),
                      _fmt(s.get("final_eval_loss")), f"{s.get('eval_metric_name', '')} {_fmt(s.get('final_eval_metric'))}",
                      _fmt(s.get("sec_per_step"), ".3g"), run.id))
     _print_table(rows)

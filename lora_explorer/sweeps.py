@@ -8,18 +8,22 @@ the seed) and the same steps, batch size and evaluation cadence.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_explorer import runs
-from lora_explorer.config import RunConfig, clean_label, resolve
+from lora_explorer import runs, tasks
+from lora_explorer.config import COMMON_PARAMS, RunConfig, clean_label, resolve
 from lora_explorer.errors import ConfigError
 from lora_explorer.methods import REGISTRY
 
 SWEEPS_DIR = "sweeps"
-MAX_RUNS = 64  # methods x seeds in one sweep
+MAX_RUNS = 64  # methods x seeds x grid points in one sweep
+METHOD_NAMES = {p.name for method in REGISTRY.values() for p in method.params}
+COMMON_NAMES = {p.name for p in COMMON_PARAMS}
+TASK_NAMES = {p.name for spec in tasks.TASKS.values() for p in spec.params} | {p.name for p in tasks.FILE_PARAMS}
 
 
 @dataclass
@@ -31,24 +35,55 @@ class Sweep:
     shared_params: dict  # method parameters given once, applied to every method that declares them
     base: dict  # the RunConfig every run starts from (its method, params and seed replaced)
     created_at: float
+    grid: dict = dataclasses.field(default_factory=dict)  # name -> values: every combination is run
 
     def configs(self) -> list[RunConfig]:
-        """One resolved config per (method, seed), in launch order (seed-major: all methods of the
-        first seed come first, so a cancelled sweep still compares every method)."""
+        """One resolved config per (seed, grid point, method), in launch order: seed-major, so a
+        cancelled sweep still compares every method on the first seed. A method that declares none
+        of the grid's method parameters (full FT in a rank grid) runs once per seed, not per point."""
         base = RunConfig.from_dict(self.base)
-        configs = []
+        configs, seen = [], set()
         for seed in self.seeds:
-            for method in self.methods:
-                declared = {p.name for p in REGISTRY[method].params}
-                params = {k: v for k, v in self.shared_params.items() if k in declared}
-                configs.append(resolve(dataclasses.replace(base, method=method, method_params=params, seed=seed,
-                                                           group=self.id, name=self.name)))
+            for point in _grid_points(self.grid):
+                for method in self.methods:
+                    config, label = _apply(base, method, {**self.shared_params}, point)
+                    key = (seed, method, label)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    name = f"{self.name} · {label}" if label else self.name
+                    configs.append(resolve(dataclasses.replace(config, seed=seed, group=self.id, name=name)))
         return configs
 
     def runs(self, root=None) -> list[runs.RunInfo]:
         """This sweep's runs that exist so far, oldest first."""
         return sorted((info for info in runs.list_runs(root) if info.config.get("group") == self.id),
                       key=lambda info: info.id)
+
+
+def _grid_points(grid: dict) -> list[dict]:
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[name] for name in names))]
+
+
+def _apply(base: RunConfig, method: str, shared: dict, point: dict) -> tuple[RunConfig, str]:
+    """The config of one method at one grid point, and the point's label as it applies to that
+    method ("rank=4"); each grid name is a method, task or training parameter."""
+    declared = {p.name for p in REGISTRY[method].params}
+    method_params = {k: v for k, v in shared.items() if k in declared}
+    task_params, common, applied = dict(base.task_params), {}, []
+    for name, value in point.items():
+        if name in METHOD_NAMES:
+            if name not in declared:
+                continue
+            method_params[name] = value
+        elif name in COMMON_NAMES:
+            common[name] = value
+        else:
+            task_params[name] = value
+        applied.append(f"{name}={value}")
+    config = dataclasses.replace(base, method=method, method_params=method_params, task_params=task_params, **common)
+    return config, ", ".join(applied)
 
 
 def _parse_list(value, kind, label) -> list:
@@ -63,12 +98,22 @@ def _parse_list(value, kind, label) -> list:
     return items
 
 
-def plan(base: RunConfig, methods, seeds=(0,), shared_params: dict | None = None, name: str = "") -> Sweep:
+def plan(base: RunConfig, methods, seeds=(0,), shared_params: dict | None = None, name: str = "",
+         grid: dict | None = None) -> Sweep:
     """Check a sweep completely (every run's config resolves) before anything is written or launched.
-    Raises ConfigError with one line."""
+    grid: parameter name -> list of values (method, task or training parameters), e.g.
+    {"rank": [4, 16, 64]}. Raises ConfigError with one line."""
     methods = _parse_list(methods, str, "--methods")
     seeds = _parse_list(seeds, int, "--seeds") or [0]
     shared_params = dict(shared_params or {})
+    grid = {key: list(values) if isinstance(values, (list, tuple)) else [values] for key, values in (grid or {}).items()}
+    for key, values in grid.items():
+        if not values:
+            raise ConfigError(f"the sweep's {key} values are empty")
+        if key in ("method", "seed", "group", "name", "model", "task"):
+            raise ConfigError(f"{key} cannot be a grid parameter")
+        if key not in METHOD_NAMES | COMMON_NAMES | TASK_NAMES:
+            raise ConfigError(f"unknown sweep parameter {key!r}")
     if not methods:
         raise ConfigError("choose at least one method for the sweep")
     unknown = [m for m in methods if m not in REGISTRY]
@@ -78,8 +123,9 @@ def plan(base: RunConfig, methods, seeds=(0,), shared_params: dict | None = None
         repeated = sorted({str(i) for i in items if items.count(i) > 1})
         if repeated:
             raise ConfigError(f"{label} {repeated[0]} is listed twice in the sweep")
-    if len(methods) * len(seeds) > MAX_RUNS:
-        raise ConfigError(f"a sweep may have at most {MAX_RUNS} runs, asked for {len(methods) * len(seeds)}")
+    points = len(_grid_points(grid))
+    if len(methods) * len(seeds) * points > MAX_RUNS:
+        raise ConfigError(f"a sweep may have at most {MAX_RUNS} runs, asked for {len(methods) * len(seeds) * points}")
     for key in shared_params:
         if not any(key in {p.name for p in REGISTRY[m].params} for m in methods):
             raise ConfigError(f"no method in the sweep has the parameter --{key.replace('_', '-')}")
@@ -87,7 +133,7 @@ def plan(base: RunConfig, methods, seeds=(0,), shared_params: dict | None = None
     sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-sweep-{secrets.token_hex(3)}"
     base_dict = {**base.to_dict(), "method_params": {}}
     sweep = Sweep(sweep_id, clean_name or f"{' vs '.join(methods)}", methods, seeds, shared_params, base_dict,
-                  time.time())
+                  time.time(), grid)
     sweep.configs()  # raises on the first invalid run
     return sweep
 

@@ -81,8 +81,9 @@ def test_cli_sweep(tmp_path):
     assert result.returncode == 0, result.stderr
     sweep_id = result.stdout.strip().splitlines()[-1]
     table = result.stdout.splitlines()
-    assert table[0].split()[:3] == ["method", "seed", "status"]
-    assert [line.split()[:3] for line in table[1:3]] == [["lora", "0", "completed"], ["rslora", "0", "completed"]]
+    assert table[0].split()[:4] == ["method", "seed", "name", "status"]
+    assert [line.split()[:2] for line in table[1:3]] == [["lora", "0"], ["rslora", "0"]]
+    assert all(" completed " in line for line in table[1:3])
     assert len(sweeps.load(sweep_id, tmp_path).runs(tmp_path)) == 2
 
     bad = subprocess.run(command[:5] + ["lora,rslora", "--rank", "-1", "--runs-dir", str(tmp_path)],
@@ -102,3 +103,19 @@ def test_notebook_api(tmp_path, capsys):
     assert lx.load_run(run.id, tmp_path).path == run.path
     with pytest.raises(lx.ConfigError, match="outside the runs directory"):
         lx.load_run("../elsewhere", tmp_path)
+
+
+def test_a_grid_varies_a_parameter_for_the_methods_that_have_it():
+    sweep = sweeps.plan(BASE, ["lora", "rslora", "full"], [0], grid={"rank": [2, 8], "target_rank": [0, 4]})
+    configs = sweep.configs()
+    got = [(c.method, c.method_params.get("rank"), c.task_params["target_rank"]) for c in configs]
+    # full FT has no rank: once per task point, not once per rank
+    assert got == [("lora", 2, 0), ("rslora", 2, 0), ("full", None, 0), ("lora", 2, 4), ("rslora", 2, 4),
+                   ("full", None, 4), ("lora", 8, 0), ("rslora", 8, 0), ("lora", 8, 4), ("rslora", 8, 4)]
+    assert configs[0].name.endswith("rank=2, target_rank=0") and configs[2].name.endswith("· target_rank=0")
+    for grid, message in [({"bogus": [1]}, "unknown sweep parameter 'bogus'"), ({"rank": []}, "values are empty"),
+                          ({"method": ["lora"]}, "method cannot be a grid parameter"),
+                          ({"rank": [2, 0]}, "--rank must be at least 1"),
+                          ({"rank": list(range(1, 40))}, "at most 64 runs")]:
+        with pytest.raises(ConfigError, match=message):
+            sweeps.plan(BASE, ["lora", "rslora"], [0], grid=grid)
