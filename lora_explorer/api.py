@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from lora_explorer import runs as run_store
+from lora_explorer import store as run_store
 from lora_explorer import sweeps
 from lora_explorer.config import RunConfig
 from lora_explorer.train import train as train_run
@@ -45,16 +45,24 @@ class _Progress:
 
 
 def train(config: RunConfig | None = None, runs_dir: str | os.PathLike | None = None, *,
-          progress: bool | None = None, **fields) -> run_store.Run:
+          progress: bool | None = None, stop_event=None, on_record=None, on_status=None, on_run=None,
+          **fields) -> run_store.Run:
     """Train one run and return it. Either a RunConfig or its fields as keywords:
     lx.train(model="toy", method="dora", steps=200, method_params={"rank": 4}).
-    progress: show a progress bar (default: in a notebook)."""
+    progress: show a progress bar (default: in a notebook). The callbacks are train()'s."""
+    if config is not None and fields:
+        raise TypeError(f"pass a RunConfig or its fields, not both (got {', '.join(fields)})")
     config = config if config is not None else RunConfig(**fields)
     bar = _Progress(_in_notebook() if progress is None else progress)
     try:
-        return train_run(config, runs_dir, on_run=bar.start, on_record=bar.record)
+        return train_run(config, runs_dir, stop_event=stop_event, on_status=on_status,
+                         on_run=_both(bar.start, on_run), on_record=_both(bar.record, on_record))
     finally:
         bar.close()
+
+
+def _both(first, second):
+    return first if second is None else (lambda value: (first(value), second(value)))
 
 
 def sweep(methods, seeds=(0,), runs_dir: str | os.PathLike | None = None, *, shared_params: dict | None = None,

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-from lora_explorer import models, runs, tasks
+from lora_explorer import models, store, tasks
 from lora_explorer.config import COMMON_PARAMS, RunConfig
 from lora_explorer.errors import ConfigError
 from lora_explorer.methods import REGISTRY
@@ -45,6 +45,7 @@ def _add_declared(group, params, owners: dict) -> None:
             helptext = param.help
         if owners.get(param.name):
             helptext += f" [{', '.join(owners[param.name])}]"
+        helptext = helptext.replace("%", "%%")  # argparse formats help with %
         group.add_argument(param.flag, dest=param.name, default=argparse.SUPPRESS, metavar=param.type.__name__.upper(),
                            help=helptext)
 
@@ -209,9 +210,9 @@ def _fmt(value, spec=".4g") -> str:
 
 
 def cmd_runs(args) -> int:
-    infos = runs.list_runs(args.runs_dir)
+    infos = store.list_runs(args.runs_dir)
     if not infos:
-        print(f"no runs under {runs.runs_root(args.runs_dir)}", file=sys.stderr)
+        print(f"no runs under {store.runs_root(args.runs_dir)}", file=sys.stderr)
         return 0
     rows = [("run", "status", "model", "method", "task", "steps", "loss", "eval", "metric", "s/step")]
     for info in infos:
@@ -233,7 +234,7 @@ def _print_table(rows) -> None:
 def cmd_evaluate(args) -> int:
     from lora_explorer.train import evaluate_run
 
-    run = runs.open_run(args.run_dir, args.runs_dir)
+    run = store.open_run(args.run_dir, args.runs_dir)
     if not ((run.path / "adapter").is_dir() or (run.path / "weights.safetensors").exists()):
         raise ConfigError(f"run {run.id} has no trained weights (status {run.summary().get('status')})")
     result = evaluate_run(run.path, args.device)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_explorer import runs, tasks
+from lora_explorer import store, tasks
 from lora_explorer.config import COMMON_PARAMS, RunConfig, clean_label, resolve
 from lora_explorer.errors import ConfigError
 from lora_explorer.methods import REGISTRY
@@ -36,6 +36,7 @@ class Sweep:
     base: dict  # the RunConfig every run starts from (its method, params and seed replaced)
     created_at: float
     grid: dict = dataclasses.field(default_factory=dict)  # name -> values: every combination is run
+    preset: str = ""  # the lora_explorer.presets id this sweep was launched from, if any
 
     def configs(self) -> list[RunConfig]:
         """One resolved config per (seed, grid point, method), in launch order: seed-major, so a
@@ -55,9 +56,9 @@ class Sweep:
                     configs.append(resolve(dataclasses.replace(config, seed=seed, group=self.id, name=name)))
         return configs
 
-    def runs(self, root=None) -> list[runs.RunInfo]:
+    def runs(self, root=None) -> list[store.RunInfo]:
         """This sweep's runs that exist so far, oldest first."""
-        return sorted((info for info in runs.list_runs(root) if info.config.get("group") == self.id),
+        return sorted((info for info in store.list_runs(root) if info.config.get("group") == self.id),
                       key=lambda info: info.id)
 
 
@@ -99,7 +100,7 @@ def _parse_list(value, kind, label) -> list:
 
 
 def plan(base: RunConfig, methods, seeds=(0,), shared_params: dict | None = None, name: str = "",
-         grid: dict | None = None) -> Sweep:
+         grid: dict | None = None, preset: str = "") -> Sweep:
     """Check a sweep completely (every run's config resolves) before anything is written or launched.
     grid: parameter name -> list of values (method, task or training parameters), e.g.
     {"rank": [4, 16, 64]}. Raises ConfigError with one line."""
@@ -133,19 +134,19 @@ def plan(base: RunConfig, methods, seeds=(0,), shared_params: dict | None = None
     sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-sweep-{secrets.token_hex(3)}"
     base_dict = {**base.to_dict(), "method_params": {}}
     sweep = Sweep(sweep_id, clean_name or f"{' vs '.join(methods)}", methods, seeds, shared_params, base_dict,
-                  time.time(), grid)
+                  time.time(), grid, preset)
     sweep.configs()  # raises on the first invalid run
     return sweep
 
 
 def save(sweep: Sweep, root=None) -> Path:
-    folder = runs.runs_root(root) / SWEEPS_DIR
+    folder = store.runs_root(root) / SWEEPS_DIR
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"cannot create {str(folder)!r}: {error.strerror or error}") from None
     path = folder / f"{sweep.id}.json"
-    runs.write_json(path, dataclasses.asdict(sweep))
+    store.write_json(path, dataclasses.asdict(sweep))
     return path
 
 
@@ -158,11 +159,11 @@ def submit(manager, sweep: Sweep) -> list[str]:
 
 def load(sweep_id: str, root=None) -> Sweep:
     """A saved sweep by id; the id may not leave the sweeps folder."""
-    folder = runs.runs_root(root) / SWEEPS_DIR
+    folder = store.runs_root(root) / SWEEPS_DIR
     path = (folder / f"{sweep_id}.json").resolve()
     if path.parent != folder.resolve():
         raise ConfigError(f"sweep {sweep_id!r} is outside the sweeps folder")
-    data = runs.read_json(path)
+    data = store.read_json(path)
     if data is None:
         raise ConfigError(f"no sweep {sweep_id!r} under {folder}")
     try:
@@ -173,7 +174,7 @@ def load(sweep_id: str, root=None) -> Sweep:
 
 def list_sweeps(root=None) -> list[Sweep]:
     """Every readable saved sweep, newest first; unreadable files are skipped."""
-    folder = runs.runs_root(root) / SWEEPS_DIR
+    folder = store.runs_root(root) / SWEEPS_DIR
     found = []
     for path in sorted(folder.glob("*.json"), reverse=True) if folder.is_dir() else []:
         try:

@@ -14,12 +14,16 @@ from typing import Callable
 
 import torch
 
-from lora_explorer import analysis, models, runs, tasks
+from lora_explorer import analysis, models, store, tasks
 from lora_explorer.config import RunConfig, resolve
 from lora_explorer.methods import get_method
 from lora_explorer.methods.base import BuildContext
 
 SUMMARY_EVERY_S = 2.0  # how often a running run refreshes summary.json
+# Building a model seeds and draws from torch's global RNG. A run is reproducible only if nothing
+# else in the process (a page rebuilding a finished run, another worker) draws in between, so
+# building, for training or for rebuilding, happens one at a time.
+BUILD_LOCK = threading.Lock()
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -129,7 +133,7 @@ def original_weights(bundle, config) -> dict:
 class Spectra:
     """Writes spectra.jsonl: the singular values and ranks of every adapted layer's ΔW."""
 
-    def __init__(self, setup, w0: dict, targets: dict | None, run: runs.Run):
+    def __init__(self, setup, w0: dict, targets: dict | None, run: store.Run):
         self.setup, self.w0, self.targets, self.run = setup, w0, targets, run
         self.last_step = None
 
@@ -144,7 +148,7 @@ class Alignment:
     gradient g at the run's own weights, per adapted layer. Point p (the weights after p updates,
     as in spectra.jsonl) is measured during step p + 1, whose forward and backward give g there."""
 
-    def __init__(self, setup, layers, rank: int | None, every: int, run: runs.Run):
+    def __init__(self, setup, layers, rank: int | None, every: int, run: store.Run):
         self.setup, self.rank, self.every, self.run = setup, rank, every, run
         self.modules = analysis.outer_modules(setup.model, layers)
 
@@ -187,14 +191,14 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
           stop_event: threading.Event | None = None,
           on_record: Callable[[dict], None] | None = None,
           on_status: Callable[[str], None] | None = None,
-          on_run: Callable[[runs.Run], None] | None = None) -> runs.Run:
+          on_run: Callable[[store.Run], None] | None = None) -> store.Run:
     """Train one run and return its run directory. Bad input raises ConfigError before anything is
     written; a failure during training is recorded in summary.json (status `failed`), not raised."""
     config = resolve(config)
     device = pick_device(config.device)
     method = get_method(config.method)
     spec = tasks.spec_for(config.task, models.model_kind(config.model, config.trust_remote_code))
-    run = runs.Run.create(runs.runs_root(runs_dir), config.method)
+    run = store.Run.create(store.runs_root(runs_dir), config.method)
     run.write_config({**config.to_dict(), "run_id": run.id, "resolved_device": str(device),
                       "created_at": time.time(), "versions": versions()})
     summary = {"status": "running", "run_id": run.id, "model": config.model, "task": config.task,
@@ -213,18 +217,19 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
     memory = MemoryMeter(device)
     try:
         status("loading model")
-        bundle = load_base(config, spec, progress=lambda i, n: status(f"pretraining the base model {i}/{n}"))
-        task = tasks.build_task(spec, bundle, config.task_params)
-        if bundle.from_config:
-            from safetensors.torch import save_model
+        with BUILD_LOCK:
+            bundle = load_base(config, spec, progress=lambda i, n: status(f"pretraining the base model {i}/{n}"))
+            task = tasks.build_task(spec, bundle, config.task_params)
+            if bundle.from_config:
+                from safetensors.torch import save_model
 
-            save_model(bundle.model, str(run.path / "base.safetensors"))
-        task.save_artifacts(run.path)
-        bundle.model.to(device)
-        w0 = original_weights(bundle, config)
-        setup = method.build(BuildContext(bundle, config.method_params, config.lr, config.weight_decay,
-                                          config.steps, task, config.batch_size, config.seed, device,
-                                          run.path, status))
+                save_model(bundle.model, str(run.path / "base.safetensors"))
+            task.save_artifacts(run.path)
+            bundle.model.to(device)
+            w0 = original_weights(bundle, config)
+            setup = method.build(BuildContext(bundle, config.method_params, config.lr, config.weight_decay,
+                                              config.steps, task, config.batch_size, config.seed, device,
+                                              run.path, status))
         trainable, total = count_params(setup.model)
         summary.update(trainable_params=trainable, total_params=total,
                        eval_metric_name=task.metric_name, device=str(device))
@@ -350,15 +355,16 @@ def rebuild(run_dir: str | os.PathLike, device: str | None = None):
     """The exact trained model of a run, from its directory alone. Returns (model, task, device)."""
     from safetensors.torch import load_model
 
-    run = runs.open_run(run_dir)
+    run = store.open_run(run_dir)
     config = RunConfig.from_dict(run.config())
     target = pick_device(device or "auto")
     spec = tasks.spec_for(config.task, models.model_kind(config.model, config.trust_remote_code))
-    bundle = load_base(config, spec)
-    if (run.path / "base.safetensors").exists():
-        load_model(bundle.model, str(run.path / "base.safetensors"))
-    task = tasks.build_task(spec, bundle, config.task_params)
-    model = get_method(config.method).restore(bundle.model, run.path, config.method_params)
+    with BUILD_LOCK, torch.random.fork_rng(devices=[]):  # leave the RNG as a training run in flight expects it
+        bundle = load_base(config, spec)
+        if (run.path / "base.safetensors").exists():
+            load_model(bundle.model, str(run.path / "base.safetensors"))
+        task = tasks.build_task(spec, bundle, config.task_params)
+        model = get_method(config.method).restore(bundle.model, run.path, config.method_params)
     return model.to(target), task, target
 
 
@@ -368,7 +374,7 @@ def evaluate_run(run_dir: str | os.PathLike, device: str | None = None) -> dict:
     model.eval()
     with autocast(target):
         result = task.evaluate(model, target)
-    summary = runs.open_run(run_dir).summary()
+    summary = store.open_run(run_dir).summary()
     return {"eval_loss": result["eval_loss"], "metric_name": task.metric_name,
             "metric": result[task.metric_name], "summary_eval_loss": summary.get("final_eval_loss"),
             "summary_metric": summary.get("final_eval_metric")}

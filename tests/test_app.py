@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lora_explorer import plots, runs, ui  # noqa: E402  (after the path fix)
+from lora_explorer import plots, store, ui  # noqa: E402  (after the path fix)
 from lora_explorer.errors import ConfigError  # noqa: E402
 
 APP = str(ROOT / "app.py")
@@ -93,7 +93,7 @@ def start(at: AppTest, steps: int, **widgets) -> None:
 
 
 def summaries(root: Path) -> list[dict]:
-    return [runs.Run(path).summary() for path in sorted(root.iterdir()) if (path / "config.json").exists()]
+    return [store.Run(path).summary() for path in sorted(root.iterdir()) if (path / "config.json").exists()]
 
 
 def test_home_lists_methods(app_runs):

@@ -103,6 +103,8 @@ def test_notebook_api(tmp_path, capsys):
     assert lx.load_run(run.id, tmp_path).path == run.path
     with pytest.raises(lx.ConfigError, match="outside the runs directory"):
         lx.load_run("../elsewhere", tmp_path)
+    with pytest.raises(TypeError, match="not both"):
+        lx.train(lx.RunConfig(model="toy"), tmp_path, steps=3)
 
 
 def test_a_grid_varies_a_parameter_for_the_methods_that_have_it():
