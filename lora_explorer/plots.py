@@ -1,12 +1,15 @@
 """Every Plotly figure of LoRA Explorer, shared by the app and notebooks.
 
-Pure functions: metrics records (the dicts of `metrics.jsonl` or a job snapshot) in, `go.Figure` out.
+Pure functions: records (the dicts of `metrics.jsonl`, `spectra.jsonl`, `alignment.jsonl` or a job
+snapshot) in, `go.Figure` out.
 No Streamlit here. Series are NumPy arrays (Plotly sends them as compact typed arrays) and are
 downsampled so that a live chart stays small on every refresh.
 """
 from __future__ import annotations
 
 import math
+import os
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -69,4 +72,378 @@ def loss_figure(records_by_label: dict[str, list[dict]], *, log_y: bool = False,
     if empty:
         fig.add_annotation(text="no training steps logged yet", showarrow=False,
                            xref="paper", yref="paper", x=0.5, y=0.5)
+    return fig
+
+
+# ---------------------------------------------------------------- weight-update spectra (spectra.jsonl)
+SPECTRUM_MODES = ("absolute", "normalised", "cumulative")
+NUMERICAL_ZERO = 1e-6  # σ_i ≤ this × σ_1 is not drawn: the numerical rank's own cut-off (analysis.stats)
+
+
+def _empty(fig: go.Figure, text: str) -> go.Figure:
+    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    return fig
+
+
+def _layout(fig: go.Figure, *, title: str | None, height: int, **axes) -> go.Figure:
+    fig.update_layout(title=title, height=height, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
+                      hovermode="closest", **axes)
+    fig.update_xaxes(automargin=True)  # room for tick labels and titles within the small margins
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
+def natural_order(names) -> list[str]:
+    """Layer names with their numbers in numeric order: layer.2 before layer.10."""
+    return sorted(set(names), key=lambda name: [int(part) if part.isdigit() else part
+                                                for part in re.split(r"(\d+)", name)])
+
+
+def short_names(names: list[str]) -> dict[str, str]:
+    """Layer names without the dotted prefix they all share ("bert.encoder.layer.")."""
+    if len(names) < 2:
+        return {name: name for name in names}
+    prefix = os.path.commonprefix(list(names))
+    prefix = prefix[: prefix.rfind(".") + 1]
+    return {name: name[len(prefix):] or name for name in names}
+
+
+def _sigma(record: dict) -> np.ndarray | None:
+    sigma = record.get("sigma")
+    if not isinstance(sigma, list) or not all(_finite(s) for s in sigma):
+        return None
+    return np.asarray(sigma, dtype=np.float64)
+
+
+def _layer_records(records, layer: str) -> list[dict]:
+    return sorted((record for record in records if record.get("layer") == layer and _finite(record.get("step"))),
+                  key=lambda record: record["step"])
+
+
+def record_at(records, layer: str, step: int) -> dict | None:
+    """The layer's record at the last recorded step at or before `step` (else its first one): runs
+    with different analysis cadences still show their nearest spectrum."""
+    chosen = _layer_records(records, layer)
+    before = [record for record in chosen if record["step"] <= step]
+    return before[-1] if before else (chosen[0] if chosen else None)
+
+
+def spectrum_values(sigma: np.ndarray, frobenius: float, mode: str) -> np.ndarray:
+    """σ_i (absolute), σ_i/‖ΔW‖_F (normalised) or Σ_{j≤i} σ_j²/‖ΔW‖²_F (cumulative energy)."""
+    if mode == "absolute":
+        return sigma
+    if mode == "normalised":
+        return sigma / frobenius
+    if mode == "cumulative":
+        return np.cumsum(sigma ** 2) / frobenius ** 2
+    raise ValueError(f"unknown spectrum mode {mode!r}; one of {', '.join(SPECTRUM_MODES)}")
+
+
+def _frobenius(record: dict, sigma: np.ndarray) -> float:
+    """‖ΔW‖_F = σ_1·√(stable rank): exact even though spectra.jsonl keeps only the top 64 σ."""
+    stable_rank = record.get("stable_rank")
+    if _finite(stable_rank) and stable_rank > 0:
+        return float(sigma[0]) * math.sqrt(stable_rank)
+    return float(np.sqrt(np.sum(sigma ** 2)))
+
+
+def _spectrum_trace(sigma: np.ndarray, frobenius: float, mode: str, name: str, **style) -> go.Scatter | None:
+    if not len(sigma) or sigma[0] <= 0 or frobenius <= 0:
+        return None
+    sigma = sigma[sigma > NUMERICAL_ZERO * sigma[0]]
+    index = np.arange(1, len(sigma) + 1)
+    return go.Scatter(x=index, y=spectrum_values(sigma, frobenius, mode), mode="lines+markers", name=name,
+                      hovertemplate="i = %{x}<br>%{y:.4g}<extra>" + name + "</extra>", **style)
+
+
+def spectrum_figure(spectra_by_label: dict[str, list[dict]], layer: str, step: int, *, mode: str = "absolute",
+                    true_sigma=None, title: str | None = None, height: int = 380) -> go.Figure:
+    """Singular values of one layer's ΔW for several runs at one step, against their index; log-y for
+    the absolute and normalised modes. `true_sigma`: the toy teacher's ΔW* spectrum, drawn dashed."""
+    fig = go.Figure()
+    for index, (label, records) in enumerate(spectra_by_label.items()):
+        record = record_at(records, layer, step)
+        sigma = _sigma(record) if record else None
+        if sigma is None:
+            continue
+        name = label if record["step"] == step else f"{label} (step {record['step']})"
+        trace = _spectrum_trace(sigma, _frobenius(record, sigma), mode, name,
+                                line={"color": COLORS[index % len(COLORS)], "width": 1.5}, marker={"size": 4})
+        if trace is not None:
+            fig.add_trace(trace)
+    if true_sigma is not None and len(true_sigma):
+        truth = np.asarray(true_sigma, dtype=np.float64)
+        trace = _spectrum_trace(truth, float(np.sqrt(np.sum(truth ** 2))), mode, "true ΔW*",
+                                line={"color": "black", "dash": "dash", "width": 1.5}, marker={"size": 4})
+        if trace is not None:
+            fig.add_trace(trace)
+    y_title = {"absolute": "σᵢ of ΔW", "normalised": "σᵢ / ‖ΔW‖_F", "cumulative": "share of ‖ΔW‖²_F in σ₁…σᵢ"}
+    _layout(fig, title=title, height=height, xaxis_title="singular value index i", yaxis_title=y_title[mode],
+            yaxis_type="linear" if mode == "cumulative" else "log", uirevision="spectrum")
+    if not fig.data:
+        _empty(fig, f"no non-zero update of {layer} recorded at step {step}")
+    return fig
+
+
+def configured_ranks(config: dict) -> dict[str, int]:
+    """The ranks a run was configured with ({"r": 8}; AdaLoRA adds its "final r"); {} for full FT."""
+    params = config.get("method_params") or {}
+    ranks = {}
+    for key, name in (("rank", "r"), ("final_rank", "final r")):
+        if isinstance(params.get(key), int) and not isinstance(params[key], bool) and params[key] > 0:
+            ranks[name] = params[key]
+    return ranks
+
+
+def rank_figure(spectra_by_label: dict[str, list[dict]], layer: str, *,
+                ranks_by_label: dict[str, dict[str, int]] | None = None,
+                title: str | None = None, height: int = 360) -> go.Figure:
+    """Effective rank (solid) and stable rank (dotted) of one layer's ΔW against step, a colour and one
+    legend entry per run; the configured rank r of each run is a dashed line in its colour (AdaLoRA's
+    final r dash-dotted)."""
+    fig = go.Figure()
+    ranks_by_label = ranks_by_label or {}
+    for index, (label, records) in enumerate(spectra_by_label.items()):
+        color = COLORS[index % len(COLORS)]
+        chosen = _layer_records(records, layer)
+        for key, name, dash in (("effective_rank", label, "solid"), ("stable_rank", f"{label} stable rank", "dot")):
+            steps, values = series(chosen, key)
+            if len(steps):
+                fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=name, legendgroup=label,
+                                         showlegend=key == "effective_rank",
+                                         line={"color": color, "dash": dash, "width": 1.5}, marker={"size": 4},
+                                         hovertemplate="step %{x}<br>" + key.replace("_", " ")
+                                                       + " %{y:.3g}<extra>" + label + "</extra>"))
+        steps = [record["step"] for record in chosen]
+        for rank_name, rank in ranks_by_label.get(label, {}).items():
+            if steps:
+                fig.add_trace(go.Scatter(x=np.array([min(steps), max(steps)]), y=np.array([rank, rank]),
+                                         mode="lines", name=f"{label} {rank_name} = {rank}", legendgroup=label,
+                                         showlegend=False, hoverinfo="name",
+                                         line={"color": color, "dash": "dash" if rank_name == "r" else "dashdot",
+                                               "width": 1}))
+    _layout(fig, title=title, height=height, xaxis_title="step", yaxis_title="rank of ΔW", uirevision="ranks")
+    if not fig.data:
+        _empty(fig, f"no spectra recorded for {layer}")
+    return fig
+
+
+def _heatmap(z: np.ndarray, steps: np.ndarray, layers: list[str], colorbar: str, hover: str) -> go.Heatmap:
+    names = short_names(layers)
+    full_names = np.array(layers)[:, None].repeat(len(steps), axis=1)  # the hover shows the whole name
+    return go.Heatmap(z=z, x=steps, y=[names[layer] for layer in layers], customdata=full_names,
+                      colorscale="Viridis", colorbar={"title": colorbar},
+                      hovertemplate="%{customdata}<br>step %{x}<br>" + hover + " %{z:.3g}<extra></extra>")
+
+
+def rank_heatmap_figure(records: list[dict], key: str = "effective_rank", *, title: str | None = None,
+                        height: int = 380) -> go.Figure:
+    """One run: a layer × step grid of `key` (effective rank by default) from spectra.jsonl."""
+    valid = [record for record in records if isinstance(record.get("layer"), str)
+             and _finite(record.get("step")) and _finite(record.get(key))]
+    fig = go.Figure()
+    if valid:
+        layers = natural_order(record["layer"] for record in valid)
+        steps = np.array(sorted({record["step"] for record in valid}))
+        z = np.full((len(layers), len(steps)), np.nan)
+        rows, columns = {layer: i for i, layer in enumerate(layers)}, {step: j for j, step in enumerate(steps)}
+        for record in valid:
+            z[rows[record["layer"]], columns[record["step"]]] = record[key]
+        fig.add_trace(_heatmap(z, steps, layers, key.replace("_", " "), key.replace("_", " ")))
+    _layout(fig, title=title, height=height, xaxis_title="step", yaxis_title="layer")
+    if not fig.data:
+        _empty(fig, "no spectra recorded")
+    return fig
+
+
+def adalora_ranks_figure(rank_records: list[dict], *, max_columns: int = 600, title: str | None = None,
+                         height: int = 380) -> go.Figure:
+    """AdaLoRA's rank allocation: a layer × step grid of the rank each layer keeps. The file records
+    only the steps where the allocation changed; every step in between keeps the last allocation."""
+    valid = sorted((record for record in rank_records
+                    if _finite(record.get("step")) and isinstance(record.get("ranks"), dict)),
+                   key=lambda record: record["step"])
+    fig = go.Figure()
+    if valid:
+        layers = natural_order(layer for record in valid for layer in record["ranks"])
+        change_steps = np.array([record["step"] for record in valid])
+        steps = np.arange(change_steps[0], change_steps[-1] + 1)
+        steps = steps[:: math.ceil(len(steps) / max_columns)]
+        latest = np.searchsorted(change_steps, steps, side="right") - 1
+        z = np.array([[valid[i]["ranks"].get(layer, np.nan) for i in latest] for layer in layers], dtype=np.float64)
+        fig.add_trace(_heatmap(z, steps, layers, "kept rank", "kept rank"))
+        fig.data[0].zmin = 0
+    _layout(fig, title=title, height=height, xaxis_title="step", yaxis_title="layer")
+    if not fig.data:
+        _empty(fig, "no AdaLoRA rank allocation recorded")
+    return fig
+
+
+def lora_drop_figure(split: dict, *, title: str | None = None, height: int = 340) -> go.Figure:
+    """LoRA-drop's stage-1 importance share per layer, largest first; kept layers (own LoRA) and
+    layers that share one LoRA in different colours."""
+    importance = {layer: share for layer, share in (split.get("importance") or {}).items() if _finite(share)}
+    kept = set(split.get("kept") or [])
+    partners = {layer: group for group in split.get("shared") or [] if isinstance(group, list) for layer in group}
+    order = sorted(importance, key=importance.get, reverse=True)
+    names = short_names(order)
+    fig = go.Figure()
+    for is_kept, name, color in ((True, "own LoRA (kept)", COLORS[0]), (False, "shares one LoRA", COLORS[1])):
+        layers = [layer for layer in order if (layer in kept) == is_kept]
+        if layers:
+            fig.add_trace(go.Bar(
+                x=[names[layer] for layer in layers], y=np.array([importance[layer] for layer in layers]),
+                name=name, marker_color=color,
+                customdata=[", ".join(short_names(partners.get(layer, [layer])).values()) for layer in layers],
+                hovertemplate="%{x}<br>importance %{y:.3f}" + ("" if is_kept else "<br>group: %{customdata}")
+                              + "<extra>" + name + "</extra>"))
+    _layout(fig, title=title, height=height, xaxis_title="layer", yaxis_title="share of importance",
+            xaxis={"categoryorder": "array", "categoryarray": [names[layer] for layer in order]})
+    if not fig.data:
+        _empty(fig, "no LoRA-drop importances recorded")
+    return fig
+
+
+def mean_by_step(records, key: str, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, mean of the finite `key` over layers at each step); one layer's values if `layer` is given."""
+    values = {}
+    for record in records:
+        wanted = layer is None or record.get("layer") == layer
+        if wanted and _finite(record.get("step")) and _finite(record.get(key)):
+            values.setdefault(record["step"], []).append(record[key])
+    steps = np.array(sorted(values), dtype=np.int64)
+    return steps, np.array([np.mean(values[step]) for step in steps], dtype=np.float64)
+
+
+def dora_figure(spectra_by_label: dict[str, list[dict]], layer: str | None = None, *, title: str | None = None,
+                height: int = 380) -> go.Figure:
+    """DoRA's learning pattern (Liu et al. 2024): magnitude change ΔM against direction change ΔD of the
+    effective weight, a point per layer and recorded step (one layer's steps if `layer`), a colour per run."""
+    fig = go.Figure()
+    for index, (label, records) in enumerate(spectra_by_label.items()):
+        points = [record for record in records if (layer is None or record.get("layer") == layer)
+                  and _finite(record.get("step")) and _finite(record.get("delta_m")) and _finite(record.get("delta_d"))]
+        if not points:
+            continue
+        fig.add_trace(go.Scatter(
+            x=np.array([point["delta_d"] for point in points]), y=np.array([point["delta_m"] for point in points]),
+            mode="markers", name=label, marker={"color": COLORS[index % len(COLORS)], "size": 7},
+            customdata=[[point["step"], point.get("layer", "")] for point in points],
+            hovertemplate="%{customdata[1]}<br>step %{customdata[0]}<br>ΔD %{x:.3g}<br>ΔM %{y:.3g}<extra>"
+                          + label + "</extra>"))
+    _layout(fig, title=title, height=height, xaxis_title="ΔD (direction change)",
+            yaxis_title="ΔM (magnitude change)")
+    if not fig.data:
+        _empty(fig, "no ΔM/ΔD recorded")
+    return fig
+
+
+# ---------------------------------------------------------------- gradient alignment (alignment.jsonl) and cross-run
+def alignment_figure(alignment_by_label: dict[str, list[dict]], *, per_layer: bool = False, bounds: bool = True,
+                     title: str | None = None, height: int = 380) -> go.Figure:
+    """cos(g̃, g) between each run's equivalent gradient and the full gradient against step: the mean
+    over layers (or a thin line per layer), with the best cos a rank-r (dashed) and rank-2r (dotted)
+    update could reach, averaged over layers."""
+    fig = go.Figure()
+    for index, (label, records) in enumerate(alignment_by_label.items()):
+        color = COLORS[index % len(COLORS)]
+        if per_layer:
+            layers = natural_order(record["layer"] for record in records if isinstance(record.get("layer"), str))
+            lines = [(f"{name}<br>", *mean_by_step(records, "cos", layer))
+                     for layer, name in short_names(layers).items()]
+        else:
+            lines = [("", *mean_by_step(records, "cos"))]
+        lines = [line for line in lines if len(line[1])]
+        for position, (layer_text, steps, cos) in enumerate(lines):
+            # one legend entry per run: its layer lines and bounds show and hide with it
+            fig.add_trace(go.Scatter(x=steps, y=cos, mode="lines+markers", name=label, legendgroup=label,
+                                     showlegend=position == 0,
+                                     line={"color": color, "width": 1 if per_layer else 2}, marker={"size": 4},
+                                     hovertemplate=layer_text + "step %{x}<br>cos %{y:.3f}<extra>" + label
+                                                   + "</extra>"))
+        for key, dash, rank in (("bound_r", "dash", "r"), ("bound_2r", "dot", "2r")) if bounds else ():
+            steps, bound = mean_by_step(records, key)
+            if len(steps):
+                name = f"{label} best rank-{rank}"
+                fig.add_trace(go.Scatter(x=steps, y=bound, mode="lines", name=name, legendgroup=label,
+                                         showlegend=False,
+                                         line={"color": color, "dash": dash, "width": 1},
+                                         hovertemplate="step %{x}<br>bound %{y:.3f}<extra>" + name + "</extra>"))
+    _layout(fig, title=title, height=height, xaxis_title="step", yaxis_title="cos(g̃, g)", uirevision="alignment")
+    if not fig.data:
+        _empty(fig, "no gradient alignment recorded")
+    return fig
+
+
+def first_step_alignment_figure(alignment_by_label: dict[str, list[dict]], *, title: str | None = None,
+                                height: int = 340) -> go.Figure:
+    """cos(g̃, g) at step 0 (the initial point), mean over layers, a bar per run; markers show the
+    rank-r and rank-2r bounds."""
+    labels, cos, bound_r, bound_2r = [], [], [], []
+    for label, records in alignment_by_label.items():
+        first = [record for record in records if record.get("step") == 0]
+        steps, values = mean_by_step(first, "cos")
+        if len(steps):
+            labels.append(label)
+            cos.append(values[0])
+            bound_r.append(_first_or_nan(mean_by_step(first, "bound_r")[1]))
+            bound_2r.append(_first_or_nan(mean_by_step(first, "bound_2r")[1]))
+    fig = go.Figure()
+    if labels:
+        fig.add_trace(go.Bar(x=labels, y=np.array(cos), name="cos at step 0", marker_color=COLORS[0],
+                             hovertemplate="%{x}<br>cos %{y:.3f}<extra></extra>"))
+        for values, name, symbol in ((bound_r, "best rank-r", "line-ew-open"),
+                                     (bound_2r, "best rank-2r", "diamond-open")):
+            if not np.all(np.isnan(values)):
+                fig.add_trace(go.Scatter(x=labels, y=np.array(values), mode="markers", name=name,
+                                         marker={"symbol": symbol, "size": 16, "color": "black",
+                                                 "line": {"width": 2}},
+                                         hovertemplate="%{x}<br>" + name + " %{y:.3f}<extra></extra>"))
+    _layout(fig, title=title, height=height, yaxis_title="cos(g̃, g) at step 0")
+    if not fig.data:
+        _empty(fig, "no alignment recorded at step 0")
+    return fig
+
+
+def _first_or_nan(values: np.ndarray) -> float:
+    return float(values[0]) if len(values) else math.nan
+
+
+def _layer_bars(values_by_label: dict[str, dict[str, float | None]], hover: str) -> go.Figure:
+    """Grouped bars: a group per layer, a bar per run; None values draw no bar."""
+    layers = natural_order(layer for values in values_by_label.values() for layer in values)
+    names = short_names(layers)
+    fig = go.Figure()
+    for index, (label, values) in enumerate(values_by_label.items()):
+        if values:
+            fig.add_trace(go.Bar(x=[names[layer] for layer in layers],
+                                 y=np.array([values.get(layer) if _finite(values.get(layer)) else np.nan
+                                             for layer in layers], dtype=np.float64),
+                                 name=label, marker_color=COLORS[index % len(COLORS)], customdata=layers,
+                                 hovertemplate="%{customdata}<br>" + hover + " %{y:.3g}<extra>" + label + "</extra>"))
+    return fig
+
+
+def overlap_figure(overlap_by_label: dict[str, dict[str, float | None]], k: int, *, reference: str = "full FT",
+                   title: str | None = None, height: int = 340) -> go.Figure:
+    """Subspace overlap φ between each run's final ΔW and the reference run's, per layer (1 = same top-k
+    directions, about k/m for unrelated ones)."""
+    fig = _layer_bars(overlap_by_label, "φ")
+    _layout(fig, title=title, height=height, barmode="group", xaxis_title="layer",
+            yaxis={"title": f"φ with {reference}, top-{k}", "range": [0, 1.05]})
+    if not fig.data:
+        _empty(fig, "no overlap computed")
+    return fig
+
+
+def intruder_figure(counts_by_label: dict[str, dict[str, int]], top_k: int, *, title: str | None = None,
+                    height: int = 340) -> go.Figure:
+    """Intruder dimensions per layer: how many of the top-k singular vectors of the trained weight are
+    new directions, far from every pretrained one; a bar per run."""
+    fig = _layer_bars(counts_by_label, "intruders")
+    _layout(fig, title=title, height=height, barmode="group", xaxis_title="layer",
+            yaxis={"title": f"intruders among the top {top_k}", "range": [0, top_k + 0.5], "dtick": 1})
+    if not fig.data:
+        _empty(fig, "no intruder counts computed")
     return fig

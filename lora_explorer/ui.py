@@ -2,7 +2,8 @@
 
 - `get_manager()`: the process-wide JobManager (st.cache_resource), shared by every tab and page.
 - `param_input()`: one widget for one declared `Param`, so forms are generated from declarations.
-- small helpers the pages call: choosing tasks, saving uploads, progress text, the runs table.
+- small helpers the pages call: choosing tasks, saving uploads, progress text, the runs table,
+  choosing runs to compare, charts with their caption, cached cross-run analysis.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from lora_explorer import data_files, models, runs, tasks
+from lora_explorer import crossrun, data_files, models, store, tasks
 from lora_explorer.config import RunConfig, resolve
 from lora_explorer.errors import ConfigError
 from lora_explorer.jobs import JobManager, JobSnapshot
@@ -23,7 +24,9 @@ from lora_explorer.methods.base import REGISTRY, Param
 UPLOAD = "upload a CSV/JSONL file"
 
 
-PAGES = (("app.py", "Home", ":material/home:"), ("pages/1_Train.py", "Train", ":material/model_training:"))
+PAGES = (("app.py", "Home", ":material/home:"), ("pages/1_Train.py", "Train", ":material/model_training:"),
+         ("pages/2_Spectra.py", "Spectra", ":material/ssid_chart:"),
+         ("pages/3_Alignment.py", "Alignment", ":material/compare_arrows:"))
 
 
 def sidebar() -> None:
@@ -36,7 +39,7 @@ def sidebar() -> None:
 def get_manager() -> JobManager:
     """One job manager per server process: jobs outlive reruns, page switches and closed tabs."""
     _leave_a_core_for_the_server()
-    return JobManager(runs.runs_root())  # $LORA_EXPLORER_RUNS, else ./runs
+    return JobManager(store.runs_root())  # $LORA_EXPLORER_RUNS, else ./runs
 
 
 def _leave_a_core_for_the_server() -> None:
@@ -176,7 +179,7 @@ def save_upload(raw: bytes, name: str, kind: str, root: str | Path | None = None
     suffix = Path(name).suffix.lower()
     suffix = suffix if suffix in data_files.SUFFIXES else ".csv"
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name).stem).strip("_")[:40] or "data"
-    folder = runs.runs_root(root) / "uploads"
+    folder = store.runs_root(root) / "uploads"
     path = folder / f"{hashlib.sha256(raw).hexdigest()[:12]}-{stem}{suffix}"
     if not path.exists():
         try:
@@ -242,7 +245,7 @@ def progress_fraction(snap: JobSnapshot) -> float:
 
 def final_summary(snap: JobSnapshot) -> dict:
     """summary.json of the job's run directory ({} before the run exists)."""
-    return runs.Run(snap.run_dir).summary() if snap.run_dir else {}
+    return store.Run(snap.run_dir).summary() if snap.run_dir else {}
 
 
 def task_label(task) -> str:
@@ -254,7 +257,7 @@ def task_label(task) -> str:
 def runs_table(root, limit: int = 50) -> list[dict]:
     """One row per run in the runs root, newest first."""
     rows = []
-    for info in runs.list_runs(root)[:limit]:
+    for info in store.list_runs(root)[:limit]:
         summary, config = info.summary, info.config
         task = str(summary.get("task") or config.get("task") or "")
         rows.append({
@@ -270,3 +273,68 @@ def runs_table(root, limit: int = 50) -> list[dict]:
             "sec_per_step": summary.get("sec_per_step"),
         })
     return rows
+
+
+# ---------------------------------------------------------------- comparing runs (Spectra, Alignment)
+def runs_with(root, *filenames: str) -> list[store.RunInfo]:
+    """Runs (newest first) that have at least one of the files."""
+    return [info for info in store.list_runs(root) if any((info.path / name).exists() for name in filenames)]
+
+
+def run_labels(infos: list[store.RunInfo]) -> dict[str, str]:
+    """A short legend label per run id: its name or method, and the id's random suffix."""
+    return {info.id: f"{info.config.get('name') or info.config.get('method', '?')} · {info.id.rsplit('-', 1)[-1]}"
+            for info in infos}
+
+
+def run_option(info: store.RunInfo) -> str:
+    config = info.config
+    return f"{info.id} · {config.get('model')}/{task_label(config.get('task'))} · {info.status}"
+
+
+def linked_run_id() -> str | None:
+    """?run=<id>: the run a link asked for."""
+    return st.query_params.get("run") or None
+
+
+def default_run_ids(infos: list[store.RunInfo], limit: int = 4,
+                    first_from: list[store.RunInfo] | None = None) -> list[str]:
+    """The run of a ?run= link (else the newest finished one, of `first_from` when given), then the
+    newest finished runs on the same model and task (comparable runs), at most `limit`."""
+    candidates = first_from or infos
+    linked = [info for info in infos if info.id == linked_run_id()]
+    finished = [info for info in candidates if info.status in crossrun.FINISHED]
+    first = (linked or finished or candidates[:1] or [None])[0]
+    if first is None:
+        return []
+    same = [info for info in infos if info.status in crossrun.FINISHED and info.id != first.id
+            and same_model_and_task(info, first)]
+    return [first.id] + [info.id for info in same][: limit - 1]
+
+
+def same_model_and_task(a: store.RunInfo, b: store.RunInfo) -> bool:
+    return all(a.config.get(field) == b.config.get(field) for field in ("model", "task"))
+
+
+def chart(figure, key: str, caption: str, formula: str) -> None:
+    """A Plotly chart with its one-line caption; the caption's tooltip gives the formula."""
+    st.plotly_chart(figure, key=key, width="stretch", config={"scrollZoom": False})
+    st.caption(_plain(caption), help=_plain(formula))
+
+
+def _plain(text: str) -> str:
+    """Formulas write subscripts with _ and ΔW* with *: not Markdown emphasis."""
+    return text.replace("_", "\\_").replace("*", "\\*")
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def subspace_overlap(run_dir: str, reference_dir: str, k: int, finished_at: tuple) -> dict:
+    """crossrun.subspace_overlap_with, computed once per pair of finished runs (`finished_at` of both
+    is in the key, so a run trained again under the same id is recomputed)."""
+    return crossrun.subspace_overlap_with(run_dir, reference_dir, k)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def intruder_dimensions(run_dir: str, top_k: int, threshold: float, finished_at) -> dict:
+    """crossrun.intruder_dimensions, computed once per finished run."""
+    return crossrun.intruder_dimensions(run_dir, top_k, threshold)
