@@ -121,8 +121,10 @@ def equivalent_gradients(model, ratio: float = 1.0, factor: float = 1.0) -> dict
     return grads
 
 
-def peft_lora_method(id: str, summary: str, paper: str, **variant) -> Method:
-    """A method that is a PEFT LoRA config variant (use_rslora, use_dora, ...) trained with AdamW."""
+def peft_lora_method(id: str, summary: str, paper: str, *, rule: str = "", trains: str = "", cost: str = "",
+                     caveats: str = "", **variant) -> Method:
+    """A method that is a PEFT LoRA config variant (use_rslora, use_dora, ...) trained with AdamW.
+    rule, trains, cost and caveats are the Learn page's text (see Method); `variant` goes to LoraConfig."""
 
     def build(ctx: BuildContext) -> Setup:
         model = peft_model(ctx, **variant)
@@ -134,4 +136,4 @@ def peft_lora_method(id: str, summary: str, paper: str, **variant) -> Method:
                      equivalent_gradients=lambda _step: equivalent_gradients(model))
 
     return Method(id=id, summary=summary, params=LORA_PARAMS, build=build, save=save_adapter,
-                  restore=restore_adapter, paper=paper)
+                  restore=restore_adapter, paper=paper, rule=rule, trains=trains, cost=cost, caveats=caveats)

@@ -94,7 +94,27 @@ def build(ctx):
                  updates=updates)
 
 
+# P = lora_B (m x r), diag(lambda) = lora_E, Q = lora_A (r x n); r_0 is the initial rank (`rank`), K the
+# number of adapted layers; the penalty is PEFT's: the mean over all 2K factors of the unsquared norms
+RULE = (r"\begin{aligned} \Delta W &= \frac{\alpha}{r_0}\, P\,\mathrm{diag}(\lambda)\,Q, \quad "
+        r"L' = L + \frac{\gamma}{2K} \sum_{k=1}^{K} \left(\|P_k^\top P_k - I\|_F + \|Q_k Q_k^\top - I\|_F\right) \\ "
+        r"\lambda_i &\leftarrow 0 \;\mathrm{for\ the\ lowest}\; S_i = s(\lambda_i) + \mathrm{mean}_j\, s(P_{ji}) "
+        r"+ \mathrm{mean}_j\, s(Q_{ij}), \quad s(w) = \bar{I}(w)\,\bar{U}(w),\; I(w) = \left|w\,\frac{\partial L}"
+        r"{\partial w}\right| \end{aligned}")
+TRAINS = ("P, Q and the singular values λ: r_0(m+n) + r_0 parameters per m×n layer at the initial rank "
+          "r_0 = `rank` (pruned λ are masked to zero, their parameters stay); W0 is frozen.")
+COST = ("A little more than LoRA at the same initial rank: each step adds the orthogonality penalty (r×r Gram "
+        "matrices per layer) and updates the importance scores, moving averages of sensitivity and uncertainty "
+        "kept for every entry of P, λ and Q. Training starts at `rank` per layer, above final_rank, so early "
+        "steps train more parameters than a LoRA at the final rank would.")
+CAVEATS = ("PEFT needs total_step, which the app sets to the run's steps: the pruning schedule (warm-up, cubic "
+           "budget decay, final phase) is laid out over them, so changing --steps changes when ranks are cut. "
+           "The scale stays α/r_0 as ranks are pruned, and PEFT adds the orthogonality penalty only to a "
+           "loss computed inside the model, so the app adds it itself; the rank each layer keeps is logged to "
+           "adalora_ranks.jsonl.")
+
+
 register(Method(
     id="adalora", summary="SVD-form adapter that prunes its rank budget to the most important layers",
     params=PARAMS, build=build, save=_lora.save_adapter, restore=_lora.restore_adapter, validate=validate,
-    paper="Zhang et al. 2023, arXiv:2303.10512"))
+    paper="Zhang et al. 2023, arXiv:2303.10512", rule=RULE, trains=TRAINS, cost=COST, caveats=CAVEATS))

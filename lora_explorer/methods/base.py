@@ -124,6 +124,12 @@ class Method:
     restore: Callable[[torch.nn.Module, Any, dict], torch.nn.Module]
     lr_factor: float = 1.0  # default lr = the model's adapter lr x this factor
     paper: str = ""
+    # Teaching text for the Learn page, in the notation of the reference (W0 is m x n, A is r x n,
+    # B is m x r, s = alpha/r, y = W0 x + s B A x, g = dL/dW):
+    rule: str = ""  # the update rule / parametrisation, LaTeX for st.latex (no surrounding $)
+    trains: str = ""  # one sentence: what trains, what is frozen, trainable parameters per m x n layer
+    cost: str = ""  # compute and memory relative to LoRA, and why
+    caveats: str = ""  # pitfalls a user of the app should know
     # validate(params, steps, shapes) -> params: checks across parameters and the run (raise
     # ConfigError), and fills values that depend on the model; shapes = {layer: (out, in)} targeted.
     validate: Callable[[dict, int, dict], dict] | None = None

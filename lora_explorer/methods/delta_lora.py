@@ -59,7 +59,21 @@ def build(ctx):
                  updates=lambda: _lora.factored_updates(model, base_change), equivalent_gradients=equivalent_gradients)
 
 
+RULE = (r"\begin{aligned} y &= W_t x + s\,B_t A_t x \quad \mathrm{(no\ dropout)} \\ "
+        r"W_{t+1} &= W_t + \lambda\, s\,(B_{t+1} A_{t+1} - B_t A_t) \quad \mathrm{for}\; t > K \end{aligned}")
+TRAINS = ("A and B train with AdamW, r(m+n) parameters per m×n layer; W gets no gradient or optimizer state but "
+          "moves by λ times each change of sBA after step K.")
+COST = ("LoRA-like memory, since W needs no gradient or optimizer state; after step K each step adds two m×n "
+        "products BA per layer (before and after the optimizer step) and an in-place update of W. A run also "
+        "saves the moved base weights of the adapted layers.")
+CAVEATS = ("Dropout is off (there is no dropout parameter), so ∂L/∂W equals ∂L/∂(sBA). The W updates telescope: "
+           "the total ΔW = s B_t A_t + λ s (B_t A_t − B_K A_K) has rank at most 2r, so after step K it behaves much "
+           "like LoRA with scale (1 + λ)s, not like a high-rank update. The paper's K = 500 is longer than these "
+           "runs; the default is 10% of the steps.")
+
+
 register(Method(
     id="delta-lora", summary="LoRA whose product updates also move the frozen weight (λ·Δ(sBA) after step K)",
     params=PARAMS, build=build, save=_lora.save_adapter_and_base, restore=_lora.restore_adapter_and_base,
-    validate=validate, paper="Zi et al. 2023, arXiv:2309.02411"))
+    validate=validate, paper="Zi et al. 2023, arXiv:2309.02411", rule=RULE, trains=TRAINS, cost=COST,
+    caveats=CAVEATS))

@@ -29,6 +29,18 @@ def restore(base, run_dir, _params):
     return base
 
 
+RULE = r"W_{t+1} = \mathrm{AdamW}(W_t,\, g_t), \quad g_t = \frac{\partial L}{\partial W_t}"
+TRAINS = "Every weight of the model trains, all m·n entries of each m×n layer; nothing is frozen."
+COST = ("The most memory of all: the gradient and AdamW's two moments of every weight take about 3× the weight "
+        "memory (fp32), against state for only r(m+n) parameters per layer with LoRA. Per step it need not be "
+        "slower: on small models LoRA's small adapter kernels can dominate, so wall-clock times on the toy "
+        "models here are not method costs.")
+CAVEATS = ("The reference the other methods approximate: its ΔW = W_t − W_0 can have any rank, and its own "
+           "gradient is the g every other method's equivalent gradient is compared with. Its default learning "
+           "rate is 10× lower than the adapter methods' (lr_factor 0.1).")
+
+
 register(Method(
     id="full", summary="full fine-tuning: all weights train (the reference)",
-    params=(), build=build, save=save, restore=restore, lr_factor=0.1))
+    params=(), build=build, save=save, restore=restore, lr_factor=0.1,
+    rule=RULE, trains=TRAINS, cost=COST, caveats=CAVEATS))

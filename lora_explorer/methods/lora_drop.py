@@ -109,7 +109,22 @@ def restore(base, run_dir, params):
     return model
 
 
+RULE = (r"\begin{aligned} I_i &= \frac{\sum_{x \in D_s} \|s\,B_i A_i x_i\|^2}"
+        r"{\sum_j \sum_{x \in D_s} \|s\,B_j A_j x_j\|^2}, \quad \mathrm{keep\ the\ largest\ } I_i "
+        r"\mathrm{\ until\ } \sum I_i \geq T \\ "
+        r"W_i &= W_{0,i} + s\,B_{g(i)} A_{g(i)}, \quad \mathrm{dropped\ layers\ of\ a\ shape\ share\ one\ } "
+        r"(B, A) \end{aligned}")
+TRAINS = ("Stage 2 trains A and B, r(m+n) parameters per kept m×n layer plus r(m+n) per group of dropped layers of "
+          "the same shape, which share one pair; W0 is frozen.")
+COST = ("Before training, a short stage-1 LoRA run (stage1_steps on a sample_fraction of the data) and one forward "
+        "pass over the sample to score the layers. Stage 2 costs about as much compute as LoRA, with fewer "
+        "trainable parameters and a smaller optimizer state.")
+CAVEATS = ("The paper leaves details open (importance per module or per transformer layer, warm start or not): "
+           "this app scores each adapted module, shares per layer shape, and starts stage 2 from a fresh LoRA. "
+           "Layers that share a LoRA have identical ΔW, so their spectra repeat.")
+
+
 register(Method(
     id="lora-drop", summary="LoRA only on the layers that matter; the others of a shape share one LoRA",
     params=PARAMS, build=build, save=_lora.save_adapter, restore=restore, validate=validate,
-    paper="Zhou et al. 2024, arXiv:2402.07721"))
+    paper="Zhou et al. 2024, arXiv:2402.07721", rule=RULE, trains=TRAINS, cost=COST, caveats=CAVEATS))

@@ -34,7 +34,18 @@ def equivalent_gradients(model) -> dict:
     return grads
 
 
+RULE = (r"\begin{aligned} y &= W_0 x + s\,BA_0 x, \quad A_0\;\mathrm{frozen\ random} \\ "
+        r"g_B &\leftarrow \frac{1}{s^2}\, g_B\,(A_0 A_0^\top)^{-1} \;\Rightarrow\; "
+        r"\tilde{g} = g\,A_0^\top (A_0 A_0^\top)^{-1} A_0 \end{aligned}")
+TRAINS = "Only B: m·r parameters per m×n layer; A stays frozen at its random init and W0 is frozen."
+COST = ("Less than LoRA: A has no gradient or optimizer state, and the paper saves activation memory because "
+        "only the r-dim A x, not x, is needed for B's gradient. PEFT's optimizer adds an r×r solve with A Aᵀ per "
+        "layer each step.")
+CAVEATS = ("ΔW's row space is fixed forever to A's random row space: each step is g projected onto it (the best "
+           "rank-r step with A fixed, i.e. LoRA-Pro with A frozen), which shows in the spectra and alignment plots.")
+
+
 register(Method(
     id="lora-fa", summary="LoRA with A frozen; only B trains, with the closed-form gradient correction",
     params=_lora.LORA_PARAMS, build=build, save=_lora.save_adapter, restore=_lora.restore_adapter,
-    paper="Zhang et al. 2023, arXiv:2308.03303"))
+    paper="Zhang et al. 2023, arXiv:2308.03303", rule=RULE, trains=TRAINS, cost=COST, caveats=CAVEATS))

@@ -183,9 +183,23 @@ def validate(params: dict, steps: int, shapes: dict) -> dict:
     return params
 
 
+RULE = (r"\begin{aligned} G &= \mathrm{mean}\,\frac{\partial L}{\partial W_0} = U S V^\top, \quad "
+        r"A_0 = c\,V_{:,1:r}^\top,\; B_0 = c\,U_{:,r+1:2r},\; c = \frac{m^{1/4}}{\sqrt{\gamma}} \\ "
+        r"W_0 &\leftarrow W_0 - s\,B_0 A_0, \quad s = \frac{\alpha}{\sqrt{r}} \end{aligned}")
+TRAINS = "A and B, r(m+n) parameters per m×n layer, as in LoRA; W0 is frozen after its one-time offset by −s B0 A0."
+COST = ("Before training: estimation_batches forward and backward passes on the frozen model, one fp32 m×n "
+        "gradient per target layer and a truncated SVD of each. Afterwards each step costs the same as LoRA; a run "
+        "also saves the offset base weights of the adapted layers.")
+CAVEATS = ("PEFT's own LoRA-GA init differs from the paper: it puts the gradient's singular values in B0 and the "
+           "stable factor on B only, so B0 is nearly zero and the first step reaches only the best rank-r (not "
+           "rank-2r) approximation of full FT's; ga_init chooses between the paper's init (default) and PEFT's. "
+           "Per the authors the best lr is near full FT's rather than LoRA's larger one; a large lr with a small "
+           "batch oscillates.")
+
+
 register(Method(
     id="lora-ga", summary="LoRA initialised from the gradient's SVD so its first step matches full FT's best "
                           "rank-2r approximation (rsLoRA scaling; base weights offset)",
     params=PARAMS, build=build, save=_lora.save_adapter_and_base, restore=_lora.restore_adapter_and_base,
     validate=validate,
-    paper="Wang, Yu, Li 2024, arXiv:2407.05000"))
+    paper="Wang, Yu, Li 2024, arXiv:2407.05000", rule=RULE, trains=TRAINS, cost=COST, caveats=CAVEATS))

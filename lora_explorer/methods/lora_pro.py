@@ -259,8 +259,27 @@ def equivalent_gradients(model) -> dict:
     return grads
 
 
+# adjust = the closed form of Theorems 2.1 and 2.3, applied to LoRA's grads and again to Adam's direction
+RULE = (r"\begin{aligned} \tilde{g} &= s\,B g_A + s\,g_B A = P_B\, g + (I - P_B)\, g\, P_A \quad \mathrm{for}\; "
+        r"(g_A, g_B) = \mathrm{adjust}(g_A^{\mathrm{lora}}, g_B^{\mathrm{lora}}), \quad "
+        r"P_B = B (B^\top B)^{-1} B^\top,\; P_A = A^\top (A A^\top)^{-1} A \\ "
+        r"d &= \mathrm{Adam}(\tilde{g}), \quad (A, B) \leftarrow (A, B) - \eta\, "
+        r"\mathrm{adjust}\left(s\,B^\top d,\; s\,d A^\top\right) \end{aligned}")
+TRAINS = ("A and B, r(m+n) parameters per m×n layer, with W0 frozen; the optimizer replaces their gradients by "
+          "the closed form (adjust) whose equivalent gradient is the projection of g onto the tangent space "
+          "{BY + ZA}.")
+COST = ("With moments=full (the paper's Algorithm 2) AdamW keeps two m×n moment tensors per adapted layer, "
+        "FT-like memory for those layers, and each step adds an m×n equivalent gradient plus r×r "
+        "eigendecompositions of BᵀB and AAᵀ and a Sylvester solve per layer; moments=factor keeps LoRA-size "
+        "moments and is cheaper.")
+CAVEATS = ("At init B = 0, so BᵀB is singular: a damped inverse gives g_A = 0 and the first steps reduce to "
+           "LoRA-FA v2's B update, and early steps are numerically delicate, so the solves run in fp32. "
+           "moments=factor is an approximation, not the paper's algorithm.")
+
+
 register(Method(
     id="lora-pro", summary="LoRA whose optimizer steps the factors along full fine-tuning's AdamW "
                            "update, projected onto what rank r can represent",
     params=_lora.LORA_PARAMS + (MOMENTS,), build=build, save=_lora.save_adapter, restore=_lora.restore_adapter,
-    paper="Wang, Liang et al. 2024 (ICLR 2025), arXiv:2407.18242"))
+    paper="Wang, Liang et al. 2024 (ICLR 2025), arXiv:2407.18242", rule=RULE, trains=TRAINS, cost=COST,
+    caveats=CAVEATS))

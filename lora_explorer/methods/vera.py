@@ -47,7 +47,19 @@ def factored_updates(model) -> dict:
     return updates
 
 
+RULE = (r"y = W_0 x + \mathrm{diag}(b)\,B\,\mathrm{diag}(d)\,Ax, \quad A, B\;\mathrm{frozen\ random,\ shared}, "
+        r"\quad b_0 = 0,\; d_0 = d_{\mathrm{initial}}")
+TRAINS = ("Only the vectors b (one entry per output row) and d (one per rank): m + r parameters per m×n layer; "
+          "W0 and the random A and B, shared by every layer and drawn from the run's seed, are frozen.")
+COST = ("The fewest trainable parameters and the smallest optimizer state, but the forward runs at a large rank "
+        "(r = 256 by default here, capped by the smallest layer), so its matmuls are bigger than LoRA's at r = 8.")
+CAVEATS = ("It needs a large r and a much larger learning rate than LoRA, since it trains only small scaling "
+           "vectors: the app's default lr is 10× LoRA's. ΔW has rank at most r, and because every layer uses the "
+           "same random A and B, singular vectors look alike across layers by construction.")
+
+
 register(Method(
     id="vera", summary="shared frozen random A, B; trains only scaling vectors b and d per layer",
     params=PARAMS, build=build, save=_lora.save_adapter, restore=_lora.restore_adapter, validate=validate,
-    lr_factor=10.0, paper="Kopiczko, Blankevoort, Asano 2024, arXiv:2310.11454"))
+    lr_factor=10.0, paper="Kopiczko, Blankevoort, Asano 2024, arXiv:2310.11454",
+    rule=RULE, trains=TRAINS, cost=COST, caveats=CAVEATS))
