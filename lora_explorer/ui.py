@@ -282,8 +282,10 @@ def runs_with(root, *filenames: str) -> list[store.RunInfo]:
 
 
 def run_labels(infos: list[store.RunInfo]) -> dict[str, str]:
-    """A short legend label per run id: its name or method, and the id's random suffix."""
-    return {info.id: f"{info.config.get('name') or info.config.get('method', '?')} · {info.id.rsplit('-', 1)[-1]}"
+    """A short legend label per run id: its method, its name if it has one (a sweep's runs share
+    theirs), and the id's random suffix."""
+    return {info.id: " · ".join(filter(None, (info.config.get("method", "?"), info.config.get("name"),
+                                              info.id.rsplit("-", 1)[-1])))
             for info in infos}
 
 
