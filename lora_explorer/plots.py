@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import zlib
 
 import numpy as np
 import plotly.graph_objects as go
@@ -17,6 +18,41 @@ import plotly.graph_objects as go
 MAX_POINTS = 2000  # per series shown; a live chart re-sends the whole figure on every tick
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+# One colour per method on every page, so a method is recognised at a glance in any chart. Tableau 10 for
+# the first ten (full FT, the reference, in near-black), navy and dark goldenrod for the last two; any two
+# differ by at least 28 in CIELAB ΔE.
+METHOD_COLORS = {
+    "full": "#3b3b3b", "lora": "#1f77b4", "lora-plus": "#ff7f0e", "rslora": "#2ca02c", "dora": "#d62728",
+    "vera": "#9467bd", "lora-fa": "#8c564b", "lora-drop": "#e377c2", "adalora": "#bcbd22",
+    "delta-lora": "#17becf", "lora-ga": "#00008b", "lora-pro": "#b8860b",
+}
+_OTHER_COLORS = ("#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2")
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")  # runs of one method: seeds, ranks
+
+
+def method_color(method: str | None) -> str:
+    """The colour of a method on every page; a method without its own (a plugin) gets a stable pale one."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return _OTHER_COLORS[zlib.crc32(str(method).encode()) % len(_OTHER_COLORS)]
+
+
+def method_dashes(method_by_label: dict[str, str]) -> dict[str, str]:
+    """A line dash per label: the first run of each method solid, its next ones dashed, dotted, ...
+    (runs of one method share its colour)."""
+    seen: dict[str, int] = {}
+    dashes = {}
+    for label, method in method_by_label.items():
+        dashes[label] = DASHES[seen.get(method, 0) % len(DASHES)]
+        seen[method] = seen.get(method, 0) + 1
+    return dashes
+
+
+def _color(label: str, index: int, colors: dict[str, str] | None) -> str:
+    """The colour of one run of a multi-run figure: the caller's (by method) if given, else by position."""
+    if colors and label in colors:
+        return colors[label]
+    return COLORS[index % len(COLORS)]
 
 
 def _finite(value) -> bool:
@@ -33,40 +69,45 @@ def series(records, key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64)
 
 
-def downsample(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """Every k-th point so that at most `max_points` remain; the last point is always kept."""
-    n = len(x)
+def downsample_index(n: int, max_points: int = MAX_POINTS) -> np.ndarray | None:
+    """The indices `downsample` keeps of n points (None: all of them)."""
     if max_points < 2 or n <= max_points:
-        return x, y
+        return None
     stride = math.ceil((n - 1) / (max_points - 1))
     keep = np.arange(0, n, stride)
     if keep[-1] != n - 1:
         keep = np.append(keep[: max_points - 1], n - 1)
-    return x[keep], y[keep]
+    return keep
+
+
+def downsample(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """Every k-th point so that at most `max_points` remain; the last point is always kept."""
+    keep = downsample_index(len(x), max_points)
+    return (x, y) if keep is None else (x[keep], y[keep])
 
 
 def loss_figure(records_by_label: dict[str, list[dict]], *, log_y: bool = False, max_points: int = MAX_POINTS,
-                title: str | None = None, height: int = 360) -> go.Figure:
+                title: str | None = None, height: int = 360, colors: dict[str, str] | None = None) -> go.Figure:
     """Training loss (a line per run) and evaluation loss (markers in the same colour) against step."""
     fig = go.Figure()
     for index, (label, records) in enumerate(records_by_label.items()):
-        color = COLORS[index % len(COLORS)]
+        color = _color(label, index, colors)
         steps, losses = downsample(*series(records, "loss"), max_points)
         fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name=f"{label} train", legendgroup=label,
-                                 line=dict(color=color, width=1.5),
+                                 line={"color": color, "width": 1.5},
                                  hovertemplate="step %{x}<br>loss %{y:.4g}<extra>" + label + "</extra>"))
         eval_steps, eval_losses = downsample(*series(records, "eval_loss"), max_points)
         if len(eval_steps):
             fig.add_trace(go.Scatter(x=eval_steps, y=eval_losses, mode="markers", name=f"{label} eval",
                                      legendgroup=label,
-                                     marker=dict(color=color, size=8, symbol="diamond",
-                                                 line=dict(color="white", width=1)),
+                                     marker={"color": color, "size": 8, "symbol": "diamond",
+                                             "line": {"color": "white", "width": 1}},
                                      hovertemplate="step %{x}<br>eval loss %{y:.4g}<extra>" + label + "</extra>"))
     empty = not any(len(trace.x) for trace in fig.data)
     fig.update_layout(
-        title=title, height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        title=title, height=height, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
         xaxis_title="step", yaxis_title="loss", yaxis_type="log" if log_y else "linear",
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
         hovermode="closest", uirevision="loss",  # keep the user's zoom across live refreshes
     )
     if empty:
@@ -158,7 +199,8 @@ def _spectrum_trace(sigma: np.ndarray, frobenius: float, mode: str, name: str, *
 
 
 def spectrum_figure(spectra_by_label: dict[str, list[dict]], layer: str, step: int, *, mode: str = "absolute",
-                    true_sigma=None, title: str | None = None, height: int = 380) -> go.Figure:
+                    true_sigma=None, title: str | None = None, height: int = 380,
+                    colors: dict[str, str] | None = None) -> go.Figure:
     """Singular values of one layer's ΔW for several runs at one step, against their index; log-y for
     the absolute and normalised modes. `true_sigma`: the toy teacher's ΔW* spectrum, drawn dashed."""
     fig = go.Figure()
@@ -169,7 +211,7 @@ def spectrum_figure(spectra_by_label: dict[str, list[dict]], layer: str, step: i
             continue
         name = label if record["step"] == step else f"{label} (step {record['step']})"
         trace = _spectrum_trace(sigma, _frobenius(record, sigma), mode, name,
-                                line={"color": COLORS[index % len(COLORS)], "width": 1.5}, marker={"size": 4})
+                                line={"color": _color(label, index, colors), "width": 1.5}, marker={"size": 4})
         if trace is not None:
             fig.add_trace(trace)
     if true_sigma is not None and len(true_sigma):
@@ -198,14 +240,14 @@ def configured_ranks(config: dict) -> dict[str, int]:
 
 def rank_figure(spectra_by_label: dict[str, list[dict]], layer: str, *,
                 ranks_by_label: dict[str, dict[str, int]] | None = None,
-                title: str | None = None, height: int = 360) -> go.Figure:
+                title: str | None = None, height: int = 360, colors: dict[str, str] | None = None) -> go.Figure:
     """Effective rank (solid) and stable rank (dotted) of one layer's ΔW against step, a colour and one
     legend entry per run; the configured rank r of each run is a dashed line in its colour (AdaLoRA's
     final r dash-dotted)."""
     fig = go.Figure()
     ranks_by_label = ranks_by_label or {}
     for index, (label, records) in enumerate(spectra_by_label.items()):
-        color = COLORS[index % len(COLORS)]
+        color = _color(label, index, colors)
         chosen = _layer_records(records, layer)
         for key, name, dash in (("effective_rank", label, "solid"), ("stable_rank", f"{label} stable rank", "dot")):
             steps, values = series(chosen, key)
@@ -317,7 +359,7 @@ def mean_by_step(records, key: str, layer: str | None = None) -> tuple[np.ndarra
 
 
 def dora_figure(spectra_by_label: dict[str, list[dict]], layer: str | None = None, *, title: str | None = None,
-                height: int = 380) -> go.Figure:
+                height: int = 380, colors: dict[str, str] | None = None) -> go.Figure:
     """DoRA's learning pattern (Liu et al. 2024): magnitude change ΔM against direction change ΔD of the
     effective weight, a point per layer and recorded step (one layer's steps if `layer`), a colour per run."""
     fig = go.Figure()
@@ -328,7 +370,7 @@ def dora_figure(spectra_by_label: dict[str, list[dict]], layer: str | None = Non
             continue
         fig.add_trace(go.Scatter(
             x=np.array([point["delta_d"] for point in points]), y=np.array([point["delta_m"] for point in points]),
-            mode="markers", name=label, marker={"color": COLORS[index % len(COLORS)], "size": 7},
+            mode="markers", name=label, marker={"color": _color(label, index, colors), "size": 7},
             customdata=[[point["step"], point.get("layer", "")] for point in points],
             hovertemplate="%{customdata[1]}<br>step %{customdata[0]}<br>ΔD %{x:.3g}<br>ΔM %{y:.3g}<extra>"
                           + label + "</extra>"))
@@ -341,13 +383,13 @@ def dora_figure(spectra_by_label: dict[str, list[dict]], layer: str | None = Non
 
 # ---------------------------------------------------------------- gradient alignment (alignment.jsonl) and cross-run
 def alignment_figure(alignment_by_label: dict[str, list[dict]], *, per_layer: bool = False, bounds: bool = True,
-                     title: str | None = None, height: int = 380) -> go.Figure:
+                     title: str | None = None, height: int = 380, colors: dict[str, str] | None = None) -> go.Figure:
     """cos(g̃, g) between each run's equivalent gradient and the full gradient against step: the mean
     over layers (or a thin line per layer), with the best cos a rank-r (dashed) and rank-2r (dotted)
     update could reach, averaged over layers."""
     fig = go.Figure()
     for index, (label, records) in enumerate(alignment_by_label.items()):
-        color = COLORS[index % len(COLORS)]
+        color = _color(label, index, colors)
         if per_layer:
             layers = natural_order(record["layer"] for record in records if isinstance(record.get("layer"), str))
             lines = [(f"{name}<br>", *mean_by_step(records, "cos", layer))
@@ -377,7 +419,7 @@ def alignment_figure(alignment_by_label: dict[str, list[dict]], *, per_layer: bo
 
 
 def first_step_alignment_figure(alignment_by_label: dict[str, list[dict]], *, title: str | None = None,
-                                height: int = 340) -> go.Figure:
+                                height: int = 340, colors: dict[str, str] | None = None) -> go.Figure:
     """cos(g̃, g) at step 0 (the initial point), mean over layers, a bar per run; markers show the
     rank-r and rank-2r bounds."""
     labels, cos, bound_r, bound_2r = [], [], [], []
@@ -391,7 +433,8 @@ def first_step_alignment_figure(alignment_by_label: dict[str, list[dict]], *, ti
             bound_2r.append(_first_or_nan(mean_by_step(first, "bound_2r")[1]))
     fig = go.Figure()
     if labels:
-        fig.add_trace(go.Bar(x=labels, y=np.array(cos), name="cos at step 0", marker_color=COLORS[0],
+        bar_colors = [_color(label, i, colors) for i, label in enumerate(labels)] if colors else COLORS[0]
+        fig.add_trace(go.Bar(x=labels, y=np.array(cos), name="cos at step 0", marker_color=bar_colors,
                              hovertemplate="%{x}<br>cos %{y:.3f}<extra></extra>"))
         for values, name, symbol in ((bound_r, "best rank-r", "line-ew-open"),
                                      (bound_2r, "best rank-2r", "diamond-open")):
@@ -410,7 +453,8 @@ def _first_or_nan(values: np.ndarray) -> float:
     return float(values[0]) if len(values) else math.nan
 
 
-def _layer_bars(values_by_label: dict[str, dict[str, float | None]], hover: str) -> go.Figure:
+def _layer_bars(values_by_label: dict[str, dict[str, float | None]], hover: str,
+                colors: dict[str, str] | None = None) -> go.Figure:
     """Grouped bars: a group per layer, a bar per run; None values draw no bar."""
     layers = natural_order(layer for values in values_by_label.values() for layer in values)
     names = short_names(layers)
@@ -420,16 +464,16 @@ def _layer_bars(values_by_label: dict[str, dict[str, float | None]], hover: str)
             fig.add_trace(go.Bar(x=[names[layer] for layer in layers],
                                  y=np.array([values.get(layer) if _finite(values.get(layer)) else np.nan
                                              for layer in layers], dtype=np.float64),
-                                 name=label, marker_color=COLORS[index % len(COLORS)], customdata=layers,
+                                 name=label, marker_color=_color(label, index, colors), customdata=layers,
                                  hovertemplate="%{customdata}<br>" + hover + " %{y:.3g}<extra>" + label + "</extra>"))
     return fig
 
 
 def overlap_figure(overlap_by_label: dict[str, dict[str, float | None]], k: int, *, reference: str = "full FT",
-                   title: str | None = None, height: int = 340) -> go.Figure:
+                   title: str | None = None, height: int = 340, colors: dict[str, str] | None = None) -> go.Figure:
     """Subspace overlap φ between each run's final ΔW and the reference run's, per layer (1 = same top-k
     directions, about k/m for unrelated ones)."""
-    fig = _layer_bars(overlap_by_label, "φ")
+    fig = _layer_bars(overlap_by_label, "φ", colors)
     _layout(fig, title=title, height=height, barmode="group", xaxis_title="layer",
             yaxis={"title": f"φ with {reference}, top-{k}", "range": [0, 1.05]})
     if not fig.data:
@@ -438,12 +482,137 @@ def overlap_figure(overlap_by_label: dict[str, dict[str, float | None]], k: int,
 
 
 def intruder_figure(counts_by_label: dict[str, dict[str, int]], top_k: int, *, title: str | None = None,
-                    height: int = 340) -> go.Figure:
+                    height: int = 340, colors: dict[str, str] | None = None) -> go.Figure:
     """Intruder dimensions per layer: how many of the top-k singular vectors of the trained weight are
     new directions, far from every pretrained one; a bar per run."""
-    fig = _layer_bars(counts_by_label, "intruders")
+    fig = _layer_bars(counts_by_label, "intruders", colors)
     _layout(fig, title=title, height=height, barmode="group", xaxis_title="layer",
             yaxis={"title": f"intruders among the top {top_k}", "range": [0, top_k + 0.5], "dtick": 1})
     if not fig.data:
         _empty(fig, "no intruder counts computed")
     return fig
+
+
+# ---------------------------------------------------------------- comparing runs (the Compare page)
+COMPARE_POINTS = 600  # per series on the Compare page: 12 runs x (curve + raw + band) stay light on every refresh
+
+
+def curves_figure(curves_by_label: dict[str, dict], *, x_title: str = "step", y_title: str = "",
+                  log_y: bool = False, colors: dict[str, str] | None = None, dashes: dict[str, str] | None = None,
+                  max_points: int = COMPARE_POINTS, title: str | None = None, height: int = 380,
+                  uirevision: str = "curves") -> go.Figure:
+    """One curve per label against a common x: `y` (smoothed, or a group's mean) as the line, `raw` (the
+    unsmoothed values) faint behind it, and a band from `lower` to `upper` (mean ± std over seeds) when
+    given. A curve is a dict of arrays {"x", "y", "raw"?, "n"?} of one length (n: how many runs each
+    point averages, shown on hover) and {"band_x"?, "lower"?, "upper"?} of another (default x).
+    Downsampled to `max_points` per series for display only."""
+    fig = go.Figure()
+    for index, (label, curve) in enumerate(curves_by_label.items()):
+        x, y = np.asarray(curve["x"], dtype=np.float64), np.asarray(curve["y"], dtype=np.float64)
+        if not len(x):
+            continue
+        keep = downsample_index(len(x), max_points)
+
+        def pick(values, keep=keep):
+            return np.asarray(values, dtype=np.float64) if keep is None else np.asarray(values, dtype=np.float64)[keep]
+        color = _color(label, index, colors)
+        dash = (dashes or {}).get(label, "solid")
+        markers = len(x) <= 50  # sparse series (evaluations) read better with their points marked
+        if curve.get("lower") is not None and curve.get("upper") is not None and len(curve["lower"]):
+            bx = np.asarray(curve["band_x"] if curve.get("band_x") is not None else x, dtype=np.float64)
+            band_keep = downsample_index(len(bx), max_points)
+            band = slice(None) if band_keep is None else band_keep
+            lower = np.asarray(curve["lower"], dtype=np.float64)[band]
+            upper = np.asarray(curve["upper"], dtype=np.float64)[band]
+            bx = bx[band]
+            if log_y:  # a log axis drops values ≤ 0, which would tear the band open
+                floor = np.nanmin(np.where(y > 0, y, np.nan)) / 2 if np.any(y > 0) else 1e-12
+                lower = np.maximum(lower, floor)
+            fig.add_trace(go.Scatter(x=np.concatenate([bx, bx[::-1]]), y=np.concatenate([upper, lower[::-1]]),
+                                     mode="lines", fill="toself", fillcolor=color, opacity=0.18,
+                                     line={"width": 0, "color": color}, name=f"{label} ± std", legendgroup=label,
+                                     showlegend=False, hoverinfo="skip"))
+        if curve.get("raw") is not None:
+            fig.add_trace(go.Scatter(x=pick(x), y=pick(curve["raw"]), mode="lines",
+                                     name=f"{label} raw", legendgroup=label, showlegend=False, opacity=0.25,
+                                     line={"color": color, "width": 1, "dash": dash}, hoverinfo="skip"))
+        n = curve.get("n")
+        hover = (f"{x_title} %{{x:.4g}}<br>{y_title or 'y'} %{{y:.4g}}"
+                 + ("<br>mean of %{customdata} runs" if n is not None else "") + "<extra>" + label + "</extra>")
+        fig.add_trace(go.Scatter(x=pick(x), y=pick(y), mode="lines+markers" if markers else "lines", name=label,
+                                 legendgroup=label, line={"color": color, "width": 2, "dash": dash},
+                                 marker={"size": 6}, hovertemplate=hover,
+                                 customdata=None if n is None else pick(n).astype(np.int64)))
+    _layout(fig, title=title, height=height, xaxis_title=x_title, yaxis_title=y_title,
+            yaxis_type="log" if log_y else "linear", uirevision=uirevision)
+    if not fig.data:
+        _empty(fig, f"no {y_title or 'values'} logged yet")
+    return fig
+
+
+def pareto_figure(points_by_label: dict[str, tuple[float, float]], front: list[str], *, x_title: str,
+                  y_title: str, log_x: bool = False, colors: dict[str, str] | None = None,
+                  title: str | None = None, height: int = 380) -> go.Figure:
+    """A point per run (x = a cost, y = a result), coloured by `colors`; the runs on the Pareto front
+    (no other run is at least as cheap and at least as good) ringed and joined by a dashed step line."""
+    fig = go.Figure()
+    on_front = set(front)
+    for index, (label, (x, y)) in enumerate(points_by_label.items()):
+        if not (_finite(x) and _finite(y)):
+            continue
+        color = _color(label, index, colors)
+        fig.add_trace(go.Scatter(
+            x=np.array([x], dtype=np.float64), y=np.array([y], dtype=np.float64), mode="markers", name=label,
+            marker={"color": color, "size": 13 if label in on_front else 9,
+                    "line": {"color": "black", "width": 2} if label in on_front else {"color": "white", "width": 1}},
+            hovertemplate=f"{x_title} %{{x:.4g}}<br>{y_title} %{{y:.4g}}"
+                          + ("<br>on the Pareto front" if label in on_front else "") + "<extra>" + label + "</extra>"))
+    front_points = [points_by_label[label] for label in front if label in points_by_label]
+    if len(front_points) > 1:
+        xs, ys = zip(*sorted(front_points))
+        fig.add_trace(go.Scatter(x=np.array(xs, dtype=np.float64), y=np.array(ys, dtype=np.float64), mode="lines",
+                                 name="Pareto front", line={"color": "black", "dash": "dash", "width": 1,
+                                                            "shape": "hv"},
+                                 hoverinfo="skip"))
+    _layout(fig, title=title, height=height, xaxis_title=x_title, yaxis_title=y_title,
+            xaxis_type="log" if log_x else "linear")
+    if not fig.data:
+        _empty(fig, "no run has both numbers yet")
+    return fig
+
+
+# ---------------------------------------------------------------- notebooks: runs in, the app's figures out
+def _by_run(runs, read) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """{label: records} and {label: method colour} for run objects (lora_explorer.store.Run):
+    labelled by method, and by seed or name where those tell runs of one method apart."""
+    configs = [run.config() for run in runs]
+    repeated = {c.get("method") for c in configs if sum(d.get("method") == c.get("method") for d in configs) > 1}
+    records, colors = {}, {}
+    for run, config in zip(runs, configs):
+        label = config.get("method", "?")
+        if label in repeated:
+            label += f" · seed {config.get('seed')}" + (f" · {config['name']}" if config.get("name") else "")
+        if label in records:
+            label += f" · {run.id.rsplit('-', 1)[-1]}"
+        records[label], colors[label] = read(run), method_color(config.get("method"))
+    return records, colors
+
+
+def loss(runs, **options) -> go.Figure:
+    """loss_figure for a list of runs: `lx.plots.loss(lx.runs(group=sweep_id))`."""
+    records, colors = _by_run(runs, lambda run: run.metrics())
+    return loss_figure(records, colors=colors, **options)
+
+
+def spectrum(runs, layer: str, step: int | None = None, **options) -> go.Figure:
+    """spectrum_figure for a list of runs at `step` (default: each run's last recorded step)."""
+    records, colors = _by_run(runs, lambda run: run.spectra())
+    if step is None:
+        step = max((r["step"] for rs in records.values() for r in rs if r.get("layer") == layer), default=0)
+    return spectrum_figure(records, layer, step, colors=colors, **options)
+
+
+def alignment(runs, **options) -> go.Figure:
+    """alignment_figure for a list of runs (cos of each method's step with full FT's gradient)."""
+    records, colors = _by_run(runs, lambda run: run.alignment())
+    return alignment_figure(records, colors=colors, **options)

@@ -11,6 +11,7 @@ import hashlib
 import math
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 import streamlit as st
@@ -26,13 +27,18 @@ UPLOAD = "upload a CSV/JSONL file"
 
 PAGES = (("app.py", "Home", ":material/home:"), ("pages/1_Train.py", "Train", ":material/model_training:"),
          ("pages/2_Spectra.py", "Spectra", ":material/ssid_chart:"),
-         ("pages/3_Alignment.py", "Alignment", ":material/compare_arrows:"))
+         ("pages/3_Alignment.py", "Alignment", ":material/compare_arrows:"),
+         ("pages/4_Compare.py", "Compare", ":material/stacked_line_chart:"),
+         ("pages/5_Learn.py", "Learn", ":material/school:"))
+APP_DIR = Path(__file__).resolve().parents[1]  # where app.py and pages/ live (in a checkout)
 
 
 def sidebar() -> None:
-    """The navigation every page shows."""
+    """The navigation every page shows (in a checkout, a page whose file is missing is left out)."""
+    checkout = (APP_DIR / "app.py").exists()
     for path, label, icon in PAGES:
-        st.sidebar.page_link(path, label=label, icon=icon)
+        if not checkout or (APP_DIR / path).exists():
+            st.sidebar.page_link(path, label=label, icon=icon)
 
 
 @st.cache_resource(show_spinner=False)
@@ -64,6 +70,48 @@ def current_job_id() -> str | None:
         if st.query_params.get("job") != job_id:
             st.query_params["job"] = job_id  # query params are dropped on a page switch; put it back
     return job_id or None
+
+
+def linked_choice(key: str, options) -> str | None:
+    """?<key>=<value> from a link (the Learn page's "try it"): the value to preselect, once. The
+    parameter is dropped, so the user's later choice sticks."""
+    value = st.query_params.get(key)
+    if value is not None:
+        del st.query_params[key]
+    return value if value in options else None
+
+
+QUEUE_ROWS = 30  # jobs listed in the Train page's queue, newest first
+
+
+def queue_line(snap: JobSnapshot) -> str:
+    """One job of the queue in Markdown: id, method, seed, sweep label, status and queue position."""
+    config = snap.config
+    where = f" · position {snap.queue_position}" if snap.queue_position else ""
+    label = f" · {config.name}" if config.name else ""
+    return (f"`{snap.id}` **{config.method}** · seed {config.seed}{label} · {config.model}/"
+            f"{task_label(config.task)} · {snap.status}{where}")
+
+
+def preset_summary(preset) -> str:
+    """What running a preset launches, in one line."""
+    base = preset.base
+    grid = "".join(f" × {name} {values}" for name, values in preset.grid.items())
+    seeds = f" × seeds {list(preset.seeds)}" if len(preset.seeds) > 1 else ""
+    return f"{', '.join(preset.methods)}{grid}{seeds} on {base.model}, {base.steps} steps each"
+
+
+def sweep_progress(sweep, root) -> tuple[int, int]:
+    """(finished runs, planned runs) of a sweep."""
+    finished = sum(info.status != "running" for info in sweep.runs(root))
+    return finished, _planned_runs(sweep.id, str(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _planned_runs(sweep_id: str, root: str) -> int:
+    from lora_explorer import sweeps
+
+    return len(sweeps.load(sweep_id, root).configs())
 
 
 def watch_job(job_id: str) -> None:
@@ -289,6 +337,14 @@ def run_labels(infos: list[store.RunInfo]) -> dict[str, str]:
             for info in infos}
 
 
+def method_colors(infos: list[store.RunInfo]) -> dict[str, str]:
+    """{legend label (run_labels): the colour of the run's method}: one colour per method on every page."""
+    from lora_explorer import plots
+
+    labels = run_labels(infos)
+    return {labels[info.id]: plots.method_color(info.config.get("method")) for info in infos}
+
+
 def run_option(info: store.RunInfo) -> str:
     config = info.config
     return f"{info.id} · {config.get('model')}/{task_label(config.get('task'))} · {info.status}"
@@ -340,3 +396,81 @@ def subspace_overlap(run_dir: str, reference_dir: str, k: int, finished_at: tupl
 def intruder_dimensions(run_dir: str, top_k: int, threshold: float, finished_at) -> dict:
     """crossrun.intruder_dimensions, computed once per finished run."""
     return crossrun.intruder_dimensions(run_dir, top_k, threshold)
+
+
+# ---------------------------------------------------------------- the Compare page: runs as they are now, exports
+FRAMES_KEPT = 256  # runs whose parsed metrics.jsonl stays in memory between reruns
+
+
+@st.cache_resource(show_spinner=False)
+def _frames() -> OrderedDict:
+    """Process-wide {run dir: (metrics.jsonl's mtime and size, its DataFrame)}: one entry per run (a live
+    run replaces its own), the least recently used dropped beyond FRAMES_KEPT; never modified in place."""
+    return OrderedDict()
+
+
+def metrics_frame(run_dir: str | Path):
+    """compare.metrics_frame of a run's metrics.jsonl, parsed again only when the file changed."""
+    from lora_explorer import compare
+
+    path = str(run_dir)
+    try:
+        stat = os.stat(os.path.join(path, "metrics.jsonl"))
+        stamp = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        stamp = None
+    cache = _frames()
+    cached = cache.get(path)
+    if cached is not None and stamp is not None and cached[0] == stamp:
+        cache.move_to_end(path)
+        return cached[1]
+    frame = compare.metrics_frame(store.read_metrics(Path(path) / "metrics.jsonl"))
+    cache[path] = (stamp, frame)
+    while len(cache) > FRAMES_KEPT:
+        cache.popitem(last=False)
+    return frame
+
+
+def compare_runs(infos: list[store.RunInfo]) -> list:
+    """compare.RunData of each run as it is now on disk: config and summary read again (a live run's
+    status and costs change), metrics from metrics_frame."""
+    from lora_explorer import compare
+
+    runs = []
+    for info in infos:
+        run = store.Run(info.path)
+        now = store.RunInfo(info.id, info.path, run.config() or info.config, run.summary())
+        runs.append(compare.read_run(info.path, now, metrics_frame(info.path)))
+    return runs
+
+
+def figure_exports(figure, key: str, name: str) -> None:
+    """Download buttons under a chart: the figure as one self-contained HTML file (Plotly included, opens
+    offline), built only when clicked; and a PNG where kaleido is installed, rendered on request, with a
+    caption saying why when it cannot be (kaleido also needs Chrome or Chromium)."""
+    col_html, col_png, _ = st.columns([1, 1, 6])
+    col_html.download_button("HTML", lambda: figure.to_html(include_plotlyjs=True, full_html=True),
+                             file_name=f"{name}.html", mime="text/html", key=f"html_{key}", on_click="ignore",
+                             icon=":material/download:", type="tertiary",
+                             help="the interactive chart in one file, Plotly included: opens offline")
+    if not can_render_png():
+        return
+    png_key = f"png_bytes_{key}"
+    if col_png.button("PNG", key=f"png_{key}", type="tertiary", icon=":material/image:",
+                      help="render a PNG on the server (needs kaleido and Chrome or Chromium)"):
+        try:
+            st.session_state[png_key] = figure.to_image(format="png", scale=2)
+        except Exception as error:  # noqa: BLE001 - kaleido/Chrome raise many kinds; say so, keep the page
+            st.session_state.pop(png_key, None)
+            st.caption(f"PNG export failed ({type(error).__name__}: {str(error)[:160]}); it needs kaleido with "
+                       "Chrome or Chromium. The camera icon on the chart saves a PNG in the browser.")
+    if st.session_state.get(png_key):
+        col_png.download_button("save PNG", st.session_state[png_key], file_name=f"{name}.png", mime="image/png",
+                                key=f"png_save_{key}", on_click="ignore", type="tertiary")
+
+
+def can_render_png() -> bool:
+    """Whether kaleido is installed (cheap: nothing is imported); whether it finds a browser shows on use."""
+    import importlib.util
+
+    return importlib.util.find_spec("kaleido") is not None

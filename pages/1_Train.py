@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from lora_explorer import models, plots, tasks, ui
+from lora_explorer import models, plots, sweeps, tasks, ui
 from lora_explorer.config import COMMON_PARAMS, RunConfig
 from lora_explorer.errors import ConfigError
 from lora_explorer.methods import REGISTRY
@@ -57,7 +57,8 @@ with col_task:
 
 with col_method:
     method_ids = list(REGISTRY)
-    method = st.selectbox("Method", method_ids, index=method_ids.index("lora") if "lora" in method_ids else 0,
+    linked = ui.linked_choice("method", method_ids)  # ?method=<id>: "try it" on the Learn page
+    method = st.selectbox("Method", method_ids, index=method_ids.index(linked or "lora"),
                           key="method", format_func=lambda i: f"{i} — {REGISTRY[i].summary}")
     if REGISTRY[method].paper:
         st.caption(REGISTRY[method].paper)
@@ -94,6 +95,31 @@ if col_stop.button("Stop", key="stop", disabled=snap is None or snap.finished,
                    help="stop after the current step; the partial weights are saved"):
     manager.stop(snap.id)
     snap = manager.snapshot(snap.id)
+
+# ---------------------------------------------------------------- several methods as one comparison group
+with st.expander("Compare methods: launch a sweep"):
+    st.caption("The same model, task, data order and training settings for every run; the settings of "
+               f"**{method}** above apply to every method that has them (e.g. rank). The sweep is saved, and "
+               "the Compare page opens it.")
+    col_methods, col_seeds = st.columns([3, 1])
+    sweep_methods = col_methods.multiselect("Methods", method_ids, default=[method], key="sweep_methods")
+    sweep_seeds = col_seeds.text_input("Seeds", value=str(common.get("seed", 0)), key="sweep_seeds",
+                                       help="comma-separated, e.g. 0,1,2: each method runs once per seed")
+    if st.button("Start sweep", key="start_sweep", disabled=task is None):
+        base = RunConfig(model=model, method=method, task=task, task_params=task_params,
+                         trust_remote_code=trust, **common)
+        try:  # the whole sweep is checked before any run is queued
+            sweep = sweeps.plan(base, sweep_methods, sweep_seeds, method_params, name)
+            job_ids = sweeps.submit(manager, sweep)
+        except ConfigError as error:
+            st.error(str(error))
+        else:
+            st.session_state["sweep_id"] = sweep.id
+            ui.watch_job(job_ids[0])
+            job_id, snap = job_ids[0], manager.snapshot(job_ids[0])
+    if st.session_state.get("sweep_id"):
+        st.page_link("pages/4_Compare.py", label=f"Open sweep {st.session_state['sweep_id']} on the Compare page",
+                     icon=":material/stacked_line_chart:", query_params={"sweep": st.session_state["sweep_id"]})
 
 # ---------------------------------------------------------------- the watched job, refreshed every second while it runs
 if job_id and snap is None:
@@ -143,6 +169,31 @@ def live_view(job_id: str, was_live: bool, log_y: bool) -> None:
 
 if snap is not None:
     live_view(snap.id, live, log_y)
+
+
+# ---------------------------------------------------------------- the queue: every job of this server
+queue_active = any(not s.finished for s in manager.snapshots())
+
+
+@st.fragment(run_every=1.0 if queue_active else None)
+def queue_view(was_active: bool) -> None:
+    snaps = manager.snapshots()
+    if not snaps:
+        return
+    st.subheader("Queue")
+    for snap in snaps[:ui.QUEUE_ROWS]:
+        col_text, col_bar, col_button = st.columns([4, 3, 1])
+        col_text.markdown(ui.queue_line(snap))
+        col_bar.progress(ui.progress_fraction(snap), text=ui.progress_text(snap))
+        if not snap.finished and col_button.button("Cancel" if snap.status == "queued" else "Stop",
+                                                   key=f"stop_{snap.id}"):
+            manager.stop(snap.id)
+            st.rerun()  # show the new status at once
+    if was_active and all(s.finished for s in snaps):
+        st.rerun()  # as live_view: a full rerun stops the timer
+
+
+queue_view(queue_active)
 
 # ---------------------------------------------------------------- history
 st.subheader("Recent runs")

@@ -26,6 +26,7 @@ if not chosen:
     st.info("Choose one or more runs.")
     st.stop()
 labels = ui.run_labels([by_id[run_id] for run_id in chosen])
+colors = ui.method_colors([by_id[run_id] for run_id in chosen])  # one colour per method on every page
 spectra = {}
 for run_id in chosen:
     records = store.Run(by_id[run_id].path).spectra()
@@ -65,7 +66,7 @@ for run_id in chosen:
         true_sigma = targets.get(layer) if shown else None
         break
 st.subheader("Singular values")
-ui.chart(plots.spectrum_figure(spectra, layer, step, mode=view, true_sigma=true_sigma), "spectrum_chart",
+ui.chart(plots.spectrum_figure(spectra, layer, step, mode=view, true_sigma=true_sigma, colors=colors), "spectrum_chart",
          "The singular values of each run's ΔW in this layer at this step: how many directions the update uses "
          "and how strongly.",
          "σᵢ: singular values of ΔW = W_eff − W0 (top 64 stored), log scale. Normalised: σᵢ / ‖ΔW‖_F with "
@@ -75,7 +76,7 @@ ui.chart(plots.spectrum_figure(spectra, layer, step, mode=view, true_sigma=true_
 # ---------------------------------------------------------------- ranks over training
 st.subheader("Rank over training")
 ranks = {labels[run_id]: plots.configured_ranks(by_id[run_id].config) for run_id in chosen}
-ui.chart(plots.rank_figure(spectra, layer, ranks_by_label=ranks), "rank_chart",
+ui.chart(plots.rank_figure(spectra, layer, ranks_by_label=ranks, colors=colors), "rank_chart",
          "How many directions each run's update in this layer uses as training goes on: effective rank solid, "
          "stable rank dotted, the configured r dashed.",
          "Effective rank = exp(−Σ pᵢ log pᵢ) with pᵢ = σᵢ / Σⱼ σⱼ (Roy & Vetterli 2007); stable rank = "
@@ -120,7 +121,7 @@ with_dora_pattern = {label: records for label, records in spectra.items()
                      if any("delta_m" in record and "delta_d" in record for record in records)}
 if with_dora_pattern:
     st.subheader("Magnitude and direction")
-    ui.chart(plots.dora_figure(with_dora_pattern), "dora_chart",
+    ui.chart(plots.dora_figure(with_dora_pattern, colors=colors), "dora_chart",
              "How much each run changed the length (ΔM) and the direction (ΔD) of the weight's rows, a point per "
              "layer and recorded step: the DoRA paper finds full FT and DoRA trading one for the other (a negative "
              "slope) where LoRA moves both together (a positive one).",

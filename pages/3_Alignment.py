@@ -25,6 +25,7 @@ if not chosen:
     st.info("Choose one or more runs.")
     st.stop()
 labels = ui.run_labels([by_id[run_id] for run_id in chosen])
+colors = ui.method_colors([by_id[run_id] for run_id in chosen])  # one colour per method on every page
 
 # ---------------------------------------------------------------- gradient alignment during training
 st.subheader("Gradient alignment during training")
@@ -43,14 +44,14 @@ if missing:
             + ". Runs trained by a version that records it have one.")
 if alignment:
     per_layer = st.toggle("one line per layer", key="per_layer", help="off: the mean over the adapted layers")
-    ui.chart(plots.alignment_figure(alignment, per_layer=per_layer), "alignment_chart",
+    ui.chart(plots.alignment_figure(alignment, per_layer=per_layer, colors=colors), "alignment_chart",
              "How well each method's gradient step points where full fine-tuning's gradient points, at the "
              "method's own weights (1 = the same direction); dashed and dotted: the best a rank-r and a rank-2r "
              "step could do.",
              "cos = ⟨g̃, g⟩_F / (‖g̃‖_F ‖g‖_F), g = ∂L/∂W the full gradient, g̃ the full-size gradient the method "
              "actually follows. Best rank-k cos = √(Σ_{i≤k} σᵢ(g)² / Σᵢ σᵢ(g)²), reached by the top-k SVD of g. "
              "Step s = at the weights after s updates.")
-    ui.chart(plots.first_step_alignment_figure(alignment), "first_step_chart",
+    ui.chart(plots.first_step_alignment_figure(alignment, colors=colors), "first_step_chart",
              "Alignment at the initial point, before any update, mean over layers: LoRA-GA's initialisation "
              "aims at the rank-2r bound (marker).",
              "cos(g̃, g) at step 0 averaged over layers; markers: the rank-r and rank-2r bounds "
@@ -84,6 +85,7 @@ threshold = col_threshold.number_input("intruder threshold", 0.05, 0.95, 0.5, 0.
 
 overlaps, intruders = {}, {}
 reference_label = ui.run_labels([reference])[reference.id]
+colors = {**ui.method_colors([reference]), **colors}
 with st.spinner("Rebuilding the trained models…"):
     for info in [*compared, reference]:
         label = labels.get(info.id, reference_label)
@@ -97,13 +99,13 @@ with st.spinner("Rebuilding the trained models…"):
         except ConfigError as error:
             st.warning(str(error))
 if compared:
-    ui.chart(plots.overlap_figure(overlaps, int(k), reference=reference_label), "overlap_chart",
+    ui.chart(plots.overlap_figure(overlaps, int(k), reference=reference_label, colors=colors), "overlap_chart",
              f"How much of {reference_label}'s top-{k} update directions each run's final update shares, per "
              "layer (1 = the same subspace).",
              "φ = ‖U_aᵀ U_b‖²_F / k, U = the top-k left singular vectors of each run's final ΔW (Hu et al. 2021). "
              "Two random k-dimensional subspaces of an m-dimensional space give about k/m. k drops to an "
              "update's rank where that is smaller; no bar where an update is 0.")
-ui.chart(plots.intruder_figure(intruders, int(top_k)), "intruder_chart",
+ui.chart(plots.intruder_figure(intruders, int(top_k), colors=colors), "intruder_chart",
          "New directions among the top singular vectors of each run's trained weights, far from every pretrained "
          "direction: Shuttleworth et al. find these 'intruder dimensions' after LoRA, rarely after full FT.",
          f"Count of i ≤ {top_k} with maxⱼ |⟨uᵢ(W0 + ΔW), uⱼ(W0)⟩| < {threshold:g}, u = left singular vectors "

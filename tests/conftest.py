@@ -24,6 +24,24 @@ def runs_dir(tmp_path, monkeypatch):
     return path
 
 
+@pytest.fixture
+def app_runs(tmp_path, monkeypatch):
+    """A private runs root, set before the (cached, process-wide) job manager is created."""
+    root = tmp_path / "runs"
+    monkeypatch.setenv("LORA_EXPLORER_RUNS", str(root))
+    from lora_explorer import ui
+
+    ui.get_manager.clear()
+    yield root
+    manager = ui.get_manager()  # the one the app used (created now if the test never made one)
+    for snap in manager.snapshots():
+        if not snap.finished:
+            manager.stop(snap.id)
+    for snap in manager.snapshots():
+        manager.wait(snap.id, timeout=30)
+    ui.get_manager.clear()
+
+
 def assert_trained(run, steps):
     """The run completed all its steps, its loss fell by 40%, and it ends below where it started."""
     summary = run.summary()

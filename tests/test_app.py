@@ -27,22 +27,6 @@ METHODS = {"full", "lora", "lora-plus", "rslora", "dora", "vera", "lora-fa", "lo
            "lora-ga", "lora-pro"}
 
 
-@pytest.fixture
-def app_runs(tmp_path, monkeypatch):
-    """A private runs root, set before the (cached, process-wide) job manager is created."""
-    root = tmp_path / "runs"
-    monkeypatch.setenv("LORA_EXPLORER_RUNS", str(root))
-    ui.get_manager.clear()
-    yield root
-    manager = ui.get_manager()  # the one the app used (created now if the test never made one)
-    for snap in manager.snapshots():
-        if not snap.finished:
-            manager.stop(snap.id)
-    for snap in manager.snapshots():
-        manager.wait(snap.id, timeout=30)
-    ui.get_manager.clear()
-
-
 def train_page(query_params: dict | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=30)
     for key, value in (query_params or {}).items():
@@ -219,3 +203,71 @@ def test_invalid_method_combination_shows_error_and_starts_nothing(app_runs):
     at.button(key="start").click().run()
     assert [e.value for e in at.error] == ["--final-rank 20 is larger than the initial --rank 12"]
     assert not app_runs.exists() or summaries(app_runs) == []
+
+
+def queue_lines(at: AppTest) -> list[str]:
+    return [block.value for block in at.markdown if block.value.startswith("`")]
+
+
+def start_sweep(at: AppTest, steps: int, methods, seeds: str, **widgets) -> None:
+    at.selectbox(key="model").select("toy")
+    at.selectbox(key="method").select("lora")
+    at.number_input(key="common.steps").set_value(steps)
+    for key, value in widgets.items():
+        at.number_input(key=key).set_value(value)
+    at.multiselect(key="sweep_methods").set_value(methods)
+    at.text_input(key="sweep_seeds").set_value(seeds)
+    at.button(key="start_sweep").click().run()
+    assert not at.exception, at.exception
+
+
+def test_sweep_from_the_train_page_queues_a_saved_group(app_runs):
+    from lora_explorer import sweeps
+
+    at = train_page()
+    start_sweep(at, 6, ["lora", "dora"], "0, 1")
+    assert not at.error
+    (sweep,) = sweeps.list_sweeps(app_runs)
+    assert sweep.methods == ["lora", "dora"] and sweep.seeds == [0, 1]
+    assert at.session_state["sweep_id"] == sweep.id
+    run_until(at, lambda at: len(queue_lines(at)) == 4 and all("completed" in line for line in queue_lines(at)),
+              timeout=120, what="the four jobs")
+    assert sorted((line.split("**")[1], line.split("seed ")[1][0]) for line in queue_lines(at)) == [
+        ("dora", "0"), ("dora", "1"), ("lora", "0"), ("lora", "1")]
+    runs = sweep.runs(app_runs)
+    assert len(runs) == 4 and all(info.status == "completed" for info in runs)
+    (link,) = [link.proto for link in at.get("page_link") if sweep.id in link.proto.label]
+    assert link.label == f"Open sweep {sweep.id} on the Compare page" and "Compare" in link.page
+
+
+@pytest.mark.parametrize("methods, seeds, message", [
+    ([], "0", "choose at least one method"),
+    (["lora", "dora"], "0,zero", "--seeds must be a comma-separated list of ints"),
+    (["lora", "adalora"], "0", "--final-rank 8 is larger than the initial --rank 4"),  # LoRA's rank 4 applies
+])
+def test_a_bad_sweep_shows_one_error_and_queues_nothing(app_runs, methods, seeds, message):
+    at = train_page()
+    start_sweep(at, 3, methods, seeds, **{"method.lora.rank": 4})
+    assert len(at.error) == 1 and message in at.error[0].value
+    assert ui.get_manager().snapshots() == [] and not (app_runs / "sweeps").exists()
+
+
+def test_queued_jobs_can_be_cancelled_from_the_queue(app_runs):
+    at = train_page()
+    start_sweep(at, 100_000, ["lora", "rslora", "vera"], "0")
+    manager = ui.get_manager()
+    queued = [snap.id for snap in manager.snapshots() if snap.status == "queued"]
+    assert len(queued) >= 2 and all("position" in line for line in queue_lines(at) if "queued" in line)
+    for job_id in queued:
+        at.button(key=f"stop_{job_id}").click().run()
+    assert [manager.snapshot(job_id).status for job_id in queued] == ["cancelled"] * len(queued)
+    running = next(snap.id for snap in manager.snapshots() if snap.status in ("running", "queued"))
+    at.button(key=f"stop_{running}").click().run()
+    assert manager.wait(running, timeout=60).status in ("stopped", "cancelled")
+
+
+def test_a_try_it_link_preselects_the_method_once(app_runs):
+    at = train_page({"method": "dora"})
+    assert at.selectbox(key="method").value == "dora" and "method" not in at.query_params
+    at.selectbox(key="method").select("vera").run()
+    assert at.selectbox(key="method").value == "vera"

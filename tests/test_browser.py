@@ -1,0 +1,177 @@
+"""The real app in a real browser: `streamlit run app.py` on 127.0.0.1, driven by Playwright through
+Debian's chromium (never `playwright install`). Screenshots go to test-artifacts/browser/.
+
+One journey, as a user takes it: the home page; a sweep of two toy methods from the Train page; the
+loss chart growing; a run stopped; Compare showing both curves; Spectra and Alignment drawing.
+"""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = shutil.which("chromium")
+playwright = pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-dev.txt")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium on the PATH (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The app served by `streamlit run` on a free port, with its own runs root."""
+    runs = tmp_path_factory.mktemp("browser-runs")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(runs / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env={**os.environ, "LORA_EXPLORER_RUNS": str(runs)}, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("streamlit did not start:\n" + (runs / "server.log").read_text()[-2000:])
+            time.sleep(0.3)
+        yield url, runs
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.set_default_timeout(60_000)
+        yield page
+        browser.close()
+
+
+def settle(page) -> None:
+    """Wait until the script run of the page has finished."""
+    page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for()
+
+
+def open_page(page, url: str) -> None:
+    page.goto(url)
+    settle(page)
+    page.get_by_role("heading", level=1).first.wait_for()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+POINTS = """(() => {
+    const plot = document.querySelector('.js-plotly-plot');
+    return plot && plot._fullData ? plot._fullData.map(t => (t.x || []).length) : [0];
+})()"""
+
+
+def trace_lengths(page) -> list[int]:
+    """Points per trace of the first Plotly chart on the page (decoded: `_fullData`)."""
+    return page.evaluate(f"() => {POINTS}")
+
+
+def add_to_multiselect(page, option: str) -> None:
+    """Pick an option in the page's multiselect. A rerun still in flight can redraw the widget under
+    the click, so check that it took, and try again if not."""
+    widget = page.locator("[data-testid='stMultiSelect']")
+    for _ in range(3):
+        widget.locator("input").click()
+        page.keyboard.type(option)
+        page.get_by_role("option", name=option, exact=True).click()
+        page.keyboard.press("Escape")
+        time.sleep(1)  # the rerun that the new selection starts
+        settle(page)
+        if option in widget.inner_text().split():
+            return
+    raise AssertionError(f"could not choose {option!r}: {widget.inner_text()!r}")
+
+
+def legend(page) -> list[str]:
+    return page.evaluate("() => [...document.querySelectorAll('.legendtext')].map(e => e.textContent)")
+
+
+def test_a_user_journey_through_the_app(app, page):
+    url, runs = app
+    try:
+        journey(page, url, runs)
+    except Exception:
+        shot(page, "failure")  # what the user would have seen
+        raise
+
+
+def journey(page, url, runs):
+    open_page(page, url)
+    page.get_by_role("heading", name="LoRA Explorer").wait_for()
+    shot(page, "1-home")
+
+    # a sweep of two methods on the toy model, from the Train page; long enough to stop them
+    open_page(page, f"{url}/Train")
+    steps = page.get_by_label("steps", exact=True)
+    steps.fill("20000")
+    steps.press("Enter")
+    time.sleep(1)  # the rerun the new value starts
+    settle(page)
+    page.get_by_text("Compare methods: launch a sweep").click()
+    add_to_multiselect(page, "dora")  # lora is chosen already
+    page.get_by_role("button", name="Start sweep").click()
+    page.get_by_text(re.compile(r"dora · seed 0")).wait_for()  # both jobs queued
+
+    # the watched run's loss chart grows; stop it, then the second run once it is going
+    page.wait_for_function(f"() => {POINTS}[0] > 5")
+    first = trace_lengths(page)[0]
+    page.wait_for_function(f"() => {POINTS}[0] > {first}")
+    shot(page, "2-train-live")
+    enabled_stop = page.locator("button:enabled", has_text="Stop")
+    enabled_stop.first.click()
+    page.get_by_text("Stopped after").wait_for()
+    page.get_by_text(re.compile(r"dora.*running")).first.wait_for()
+    time.sleep(2)  # a few steps of dora
+    enabled_stop.first.click()
+    (sweep_file,) = (runs / "sweeps").glob("*.json")
+    sweep_id = json.loads(sweep_file.read_text())["id"]
+    deadline = time.monotonic() + 60
+    while True:
+        statuses = sorted(json.loads((p / "summary.json").read_text())["status"]
+                          for p in runs.iterdir() if (p / "summary.json").exists())
+        if statuses == ["stopped", "stopped"]:
+            break
+        assert time.monotonic() < deadline, statuses
+        time.sleep(0.5)
+    settle(page)
+    shot(page, "3-train-stopped")
+
+    # Compare opens the sweep and shows both curves
+    open_page(page, f"{url}/Compare?sweep={sweep_id}")
+    page.locator(".js-plotly-plot").first.wait_for()
+    page.wait_for_function("() => document.querySelectorAll('.legendtext').length >= 2")
+    names = " ".join(legend(page))
+    assert "lora" in names and "dora" in names, names
+    shot(page, "4-compare")
+
+    for name in ("Spectra", "Alignment"):
+        open_page(page, f"{url}/{name}")
+        page.locator(".js-plotly-plot").first.wait_for()
+        assert not page.get_by_text("Traceback").count()
+        shot(page, f"5-{name.lower()}")
