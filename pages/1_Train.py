@@ -141,7 +141,8 @@ def live_view(job_id: str, was_live: bool, log_y: bool) -> None:
     st.progress(ui.progress_fraction(snap), text=ui.progress_text(snap))
     if snap.status == "queued":
         st.info(f"Waiting for the worker: position {snap.queue_position} in the queue.")
-    figure = plots.loss_figure({config.name or config.method: list(snap.records)}, log_y=log_y)
+    label = config.name or config.method
+    figure = plots.loss_figure({label: list(snap.records)}, log_y=log_y, colors={label: plots.method_color(config.method)})
     st.plotly_chart(figure, key="loss_chart", width="stretch", config={"scrollZoom": False})
     if snap.finished:
         summary = ui.final_summary(snap)
