@@ -108,6 +108,19 @@ def subspace_overlap(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
     return float((u_a.T @ u_b).pow(2).sum()) / k
 
 
+def target_overlap(delta: torch.Tensor, target: torch.Tensor, delta_rank: int) -> float:
+    """How much of ΔW's top directions lie in the true ΔW*'s top subspace: ‖U_Δᵀ U_*‖²_F / k_Δ, with
+    U_* the k_* left singular vectors holding 90% of ΔW*'s energy and U_Δ ΔW's top k_Δ = min(k_*,
+    rank ΔW) (singular vectors past a matrix's rank are arbitrary). Equal k gives Hu et al.'s φ."""
+    k_target = stats(torch.linalg.svdvals(target.double()), 1.0)["rank90"]
+    k_delta = min(k_target, delta_rank)
+    if k_delta == 0:
+        return 0.0
+    u_delta = torch.linalg.svd(delta.double(), full_matrices=False)[0][:, :k_delta]
+    u_target = torch.linalg.svd(target.double(), full_matrices=False)[0][:, :k_target]
+    return float((u_delta.T @ u_target).pow(2).sum()) / k_delta
+
+
 def magnitude_direction_change(w0: torch.Tensor, delta: torch.Tensor) -> dict:
     """The DoRA paper's learning pattern, per output row i of W = W0 + ΔW (the rows DoRA's magnitude
     scales): ΔM = mean_i |‖W_i‖ − ‖W0_i‖| and ΔD = mean_i (1 − cos(W_i, W0_i))."""
@@ -128,10 +141,8 @@ def spectrum_records(step: int, updates: dict[str, Update], w0: dict[str, torch.
                   **stats(sigma, float(w0[name].double().norm())),
                   **magnitude_direction_change(w0[name], updates[name].matrix())}
         if targets and name in targets:
-            target = targets[name]
-            k = max(1, int((torch.linalg.svdvals(target.double()) > 1e-6).sum()))
-            delta = updates[name].matrix().detach().cpu()
-            record["target_overlap"] = subspace_overlap(delta, target, k) if delta.abs().sum() > 0 else 0.0
+            record["target_overlap"] = target_overlap(updates[name].matrix().detach().cpu(), targets[name],
+                                                      record["numerical_rank"])
         records.append(record)
     return records
 

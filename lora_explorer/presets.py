@@ -189,8 +189,8 @@ def _low_rank_target(infos) -> list[str]:
             overlaps += [r.get("target_overlap") for r in records if r["step"] == last]
         method, target = key.split(" k=")
         label = "full-rank" if target == "0" else f"rank-{target}"
-        lines.append(f"{method} on a {label} target: eval R² {_f(metric)}, overlap with the true ΔW*'s top "
-                     f"subspace {_f(_mean(overlaps))}.")
+        lines.append(f"{method} on a {label} target: eval R² {_f(metric)}; share of its update's top directions "
+                     f"inside the true ΔW*'s main subspace {_f(_mean(overlaps))}.")
     return lines
 
 

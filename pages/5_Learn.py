@@ -10,8 +10,9 @@ ui.sidebar()
 manager = ui.get_manager()
 
 st.title("Learn")
-st.markdown("W0 ∈ ℝ^{m×n} is the pretrained weight of a layer (y = W0·x), A ∈ ℝ^{r×n} and B ∈ ℝ^{m×r} "
-            "the LoRA factors, s = α/r their scale, g = ∂L/∂W the full fine-tuning gradient.")
+st.markdown(r"$W_0 \in \mathbb{R}^{m \times n}$ is the pretrained weight of a layer ($y = W_0 x$), "
+            r"$A \in \mathbb{R}^{r \times n}$ and $B \in \mathbb{R}^{m \times r}$ the LoRA factors, "
+            r"$s = \alpha / r$ their scale, $g = \partial L / \partial W$ the full fine-tuning gradient.")
 tab_methods, tab_presets = st.tabs(["Methods", "Presets: test a claim"])
 
 with tab_methods:

@@ -119,3 +119,17 @@ def test_toy_full_ft_recovers_the_true_update(tmp_path):
         sigma = record["sigma"]
         assert record["target_overlap"] > 0.8, name  # the top-4 subspace of ΔW* is found
         assert sigma[3] / sigma[4] > 1.8, name  # and a gap after the true rank 4
+
+
+def test_target_overlap_uses_the_directions_that_hold_the_targets_energy():
+    generator = torch.Generator().manual_seed(1)
+    u, _ = torch.linalg.qr(torch.randn(64, 64, generator=generator, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(32, 32, generator=generator, dtype=torch.float64))
+    flat = u[:, :32] @ v.T  # a full-rank target with a flat spectrum: any 29 of its 32 directions hold 90%
+    inside = u[:, :2] @ v[:, :2].T * 3  # a rank-2 update inside the target's column space
+    assert 0.8 < analysis.target_overlap(inside, flat, 2) <= 1.0  # ~29/32, not the trivial 1 of k = 64
+    other = u[:, 40:42] @ v[:, :2].T  # directions the target does not use
+    assert analysis.target_overlap(other, flat, 2) == pytest.approx(0.0, abs=1e-12)
+    decaying = u[:, :4] @ torch.diag(torch.tensor([1.0, 0.8, 0.64, 0.512], dtype=torch.float64)) @ v[:, :4].T
+    assert analysis.target_overlap(decaying, decaying, 4) == pytest.approx(1.0)  # rank90 = 4
+    assert analysis.target_overlap(torch.zeros(64, 32, dtype=torch.float64), decaying, 0) == 0.0
