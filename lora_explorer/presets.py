@@ -88,8 +88,10 @@ def _compare(a: float | None, b: float | None, lower_is_better: bool = True) -> 
 
 
 def _seeds_note(groups) -> str:
-    counts = {len(v) for v in groups.values()}
-    return "" if counts == {1} else f" (means over {min(counts)}–{max(counts)} seeds)"
+    counts = sorted({len(v) for v in groups.values()})
+    if counts == [1]:
+        return ""
+    return f" (means over {counts[0]} seeds)" if len(counts) == 1 else f" (means over {counts[0]}–{counts[-1]} seeds)"
 
 
 # ---------------------------------------------------------------- the findings of each preset
@@ -117,9 +119,12 @@ def _dora_cost(infos) -> list[str]:
     ratio = step["dora"] / step["lora"] if step["dora"] and step["lora"] else None
     memory_ratio = memory["dora"] / memory["lora"] if memory["dora"] and memory["lora"] else None
     device = groups["dora"][0].summary.get("device", "?")
+    # on a CPU, peak memory is the growth of the process's resident set: runs that share a process
+    # (a sweep, the app) reuse each other's freed memory, so their peaks cannot be compared
+    memory = (f", and {_f(memory_ratio, '.2f')}× LoRA's peak memory" if device.startswith("cuda") else
+              "; peak memory is not compared on a CPU, where runs of one process reuse each other's memory")
     return [f"DoRA takes {_f(step['dora'] and step['dora'] * 1e3, '.1f')} ms per step against LoRA's "
-            f"{_f(step['lora'] and step['lora'] * 1e3, '.1f')} ms: {_f(ratio, '.2f')}× on {device}, and "
-            f"{_f(memory_ratio, '.2f')}× LoRA's peak memory.",
+            f"{_f(step['lora'] and step['lora'] * 1e3, '.1f')} ms: {_f(ratio, '.2f')}× on {device}{memory}.",
             "That is below the reported 2×–20×. DoRA's extra work is a norm of each adapted m×n weight per step: "
             "on MiniLM's 384×384 query/value layers it is small next to the rest of the model; the large ratios "
             "come from big layers."
