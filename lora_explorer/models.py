@@ -122,6 +122,13 @@ _BUILDERS = {"toy": _build_toy, "minilm": _build_minilm, "tiny-lm": _build_tiny_
 HUB_DEFAULTS = dict(steps=200, batch_size=16, lr=2e-4, eval_every=50)
 
 
+def preload() -> None:
+    """Import what the first training job needs (peft pulls in all of transformers: seconds). The
+    app calls this in a background thread at start-up, so that the first Start is not slowed by it."""
+    import peft  # noqa: F401
+    import transformers.models.bert.modeling_bert  # noqa: F401  (MiniLM, the default text model)
+
+
 def is_builtin(name: str) -> bool:
     return name in BUILTIN_MODELS
 

@@ -11,6 +11,7 @@ import hashlib
 import math
 import os
 import re
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def sidebar() -> None:
 def get_manager() -> JobManager:
     """One job manager per server process: jobs outlive reruns, page switches and closed tabs."""
     _leave_a_core_for_the_server()
+    threading.Thread(target=models.preload, name="lora-explorer-preload", daemon=True).start()
     return JobManager(store.runs_root())  # $LORA_EXPLORER_RUNS, else ./runs
 
 
