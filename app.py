@@ -25,7 +25,12 @@ st.markdown(
     "2. Choose a model, a task and a method; the defaults work offline:\n"
     + "".join(f"   - `{name}` — {model.summary} (task `{model.default_task}`)\n"
               for name, model in models.BUILTIN_MODELS.items())
-    + "3. Press **Start**: the loss curve fills in live; **Stop** ends a run after its current step.\n\n"
+    + "3. Press **Start**: the loss curve fills in live; **Stop** ends a run after its current step. "
+    "Or open *Compare methods* and launch a sweep of several methods and seeds at once.\n"
+    "4. **Compare** overlays runs and their cost; **Spectra** shows the singular values of each "
+    "method's weight update ΔW; **Alignment** shows how closely each method's steps follow full "
+    "fine-tuning's gradient; **Learn** explains every method and runs presets that test what "
+    "practitioners report.\n\n"
     "A Hugging Face hub id or a local model directory also works, and so does your own CSV/JSONL "
     "data (`text` and `label` columns) for text models."
 )
