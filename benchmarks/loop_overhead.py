@@ -18,7 +18,10 @@ the end of the last step, divided by the number of steps in between.
 Model loading and evaluation are never timed. Columns: total wall (the headline ratio), the median
 wall time of one step (robust to bursts of load from other processes) and the median `step_time_s`
 (forward..zero_grad only).
-Sides are interleaved (bare, ours, ours+analysis, bare, ...); the best run of each side counts.
+  - bare dora / ours dora: the same two loops with DoRA (use_dora=True): DoRA's time per step ÷
+    LoRA's must come out the same (±10%) in our loop as in the bare one.
+Sides are interleaved (bare, ours, ours+analysis, bare dora, ours dora, bare, ...); the best run of
+each side counts.
 
 Run:   .venv/bin/python benchmarks/loop_overhead.py [--steps 60] [--repeats 2] [--threads 1]
 torch runs single-threaded by default: on a shared machine a busy neighbour slows a multi-threaded
@@ -52,23 +55,23 @@ COLUMNS = {"s_per_step": "total wall", "median_wall_step_s": "median wall step",
            "median_step_time_s": "median step_time_s"}
 
 
-SIDES = ("bare", "ours", "ours+analysis")
+SIDES = ("bare", "ours", "ours+analysis", "bare dora", "ours dora")
 
 
-def config(steps: int, analysis: bool = False) -> RunConfig:
-    return RunConfig(model="minilm", method="lora", task="sentiment", steps=steps, eval_every=steps,
+def config(steps: int, analysis: bool = False, method: str = "lora") -> RunConfig:
+    return RunConfig(model="minilm", method=method, task="sentiment", steps=steps, eval_every=steps,
                      log_every=1, lr=LR, batch_size=BATCH, seed=SEED, device="cpu",
                      analysis_every=None if analysis else 0,  # None: the default cadence
                      method_params=dict(rank=8, alpha=16.0, dropout=0.0, target_modules="query,value"))
 
 
-def run_bare(steps: int) -> dict:
+def run_bare(steps: int, dora: bool = False) -> dict:
     params = resolve(config(steps)).task_params
     torch.manual_seed(SEED)  # as train.load_base: same head initialisation
     bundle = models.load_model("minilm", "classification", num_labels=2)
     task = tasks.build_task(tasks.TASKS["sentiment"], bundle, params)
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"],
-                      modules_to_save=["classifier"])
+                      modules_to_save=["classifier"], use_dora=dora)
     model = get_peft_model(bundle.model, lora)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
     batches = data_order(len(task), BATCH, SEED)
@@ -92,8 +95,8 @@ def run_bare(steps: int) -> dict:
     return summarise(ends, step_times, steps)
 
 
-def run_ours(steps: int, runs_dir: str, analysis: bool) -> dict:
-    run = train(config(steps, analysis), runs_dir=runs_dir)
+def run_ours(steps: int, runs_dir: str, analysis: bool, method: str = "lora") -> dict:
+    run = train(config(steps, analysis, method), runs_dir=runs_dir)
     summary = run.summary()
     if summary.get("status") != "completed":
         raise RuntimeError(f"our run did not complete: {summary}")
@@ -126,7 +129,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as runs_dir:
         for repeat in range(args.repeats):
             for side in SIDES:
-                result = run_bare(args.steps) if side == "bare" else run_ours(args.steps, runs_dir, side != "ours")
+                if side.startswith("bare"):
+                    result = run_bare(args.steps, dora=side == "bare dora")
+                else:
+                    result = run_ours(args.steps, runs_dir, side == "ours+analysis", "dora" if "dora" in side else "lora")
                 raw[side].append(result)
                 print(f"  {side} #{repeat + 1}: " + ", ".join(
                     f"{label} {result[key] * 1e3:.1f} ms" for key, label in COLUMNS.items()), flush=True)
@@ -136,6 +142,10 @@ def main() -> None:
     ratios = {key: best["bare"][key] / best["ours"][key] for key in COLUMNS}  # = ours/bare in steps/s
     with_analysis = {key: best["bare"][key] / best["ours+analysis"][key] for key in COLUMNS}
     analysis_cost = {key: best["ours"][key] / best["ours+analysis"][key] for key in COLUMNS}
+    # DoRA's cost relative to LoRA, measured in our loop and in the bare loop: the app must not distort it
+    dora_ours = {key: best["ours dora"][key] / best["ours"][key] for key in COLUMNS}
+    dora_bare = {key: best["bare dora"][key] / best["bare"][key] for key in COLUMNS}
+    dora_agreement = {key: dora_ours[key] / dora_bare[key] for key in COLUMNS}
 
     print(f"\nminilm / sentiment / LoRA r=8, batch {BATCH}, {args.steps} steps (first {WARMUP} discarded), "
           f"{torch.get_num_threads()} torch threads, best of {args.repeats}, "
@@ -147,7 +157,12 @@ def main() -> None:
     for label, values in [("ours/bare", ratios), ("ours+analysis/bare", with_analysis),
                           ("ours+analysis/ours", analysis_cost)]:
         print(f"| **{label} steps/s** | " + " | ".join(f"**{values[key]:.3f}**" for key in COLUMNS) + " |")
-    print(f"\nratio ours/bare steps/s: {ratios['s_per_step']:.3f} (target >= 0.97); with the analysis at its "
+    for label, values in [("DoRA/LoRA time, ours", dora_ours), ("DoRA/LoRA time, bare", dora_bare),
+                          ("ours ÷ bare of that ratio", dora_agreement)]:
+        print(f"| **{label}** | " + " | ".join(f"**{values[key]:.3f}**" for key in COLUMNS) + " |")
+    print(f"\nDoRA costs {dora_ours['s_per_step']:.2f}x LoRA in our loop and {dora_bare['s_per_step']:.2f}x in the "
+          f"bare loop: agreement {dora_agreement['s_per_step']:.3f} (target within 0.90-1.10)")
+    print(f"ratio ours/bare steps/s: {ratios['s_per_step']:.3f} (target >= 0.97); with the analysis at its "
           f"default cadence: {with_analysis['s_per_step']:.3f} of bare, {analysis_cost['s_per_step']:.3f} of ours "
           "without it (target >= 0.85)")
 
@@ -158,6 +173,8 @@ def main() -> None:
         "raw": raw, "best": best, "ratio_ours_over_bare_steps_per_s": ratios, "target": 0.97,
         "ratio_ours_analysis_over_bare_steps_per_s": with_analysis,
         "ratio_ours_analysis_over_ours_steps_per_s": analysis_cost, "target_analysis": 0.85,
+        "dora_over_lora_time_ours": dora_ours, "dora_over_lora_time_bare": dora_bare,
+        "dora_agreement_ours_over_bare": dora_agreement, "target_dora_agreement": [0.9, 1.1],
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu",
                     "load_avg_1min_before_after": [load_before[0], load_after[0]], **versions()},
