@@ -96,10 +96,15 @@ def add_to_multiselect(page, option: str) -> None:
     """Pick an option in the page's multiselect. A rerun still in flight can redraw the widget under
     the click, so check that it took, and try again if not."""
     widget = page.locator("[data-testid='stMultiSelect']")
-    for _ in range(3):
+    for _ in range(4):
         widget.locator("input").click()
-        page.keyboard.type(option)
-        page.get_by_role("option", name=option, exact=True).click()
+        page.keyboard.type(option, delay=50)
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=5_000)
+        except playwright.TimeoutError:  # the list did not open: the widget was redrawn under us
+            page.keyboard.press("Escape")
+            settle(page)
+            continue
         page.keyboard.press("Escape")
         time.sleep(1)  # the rerun that the new selection starts
         settle(page)
