@@ -123,18 +123,25 @@ def cmd_train(args) -> int:
     config = resolve(config_from_args(args))
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop after this step, keep the run
-    bar = tqdm(total=config.steps, file=sys.stderr, unit="step", dynamic_ncols=True)
+    bars = []  # the bar appears once the run exists, so that a refused run prints only its error line
+
+    def on_run(_run):
+        bars.append(tqdm(total=config.steps, file=sys.stderr, unit="step", dynamic_ncols=True))
 
     def on_record(record):
+        bar = bars[0]
         if record.get("loss") is not None:
             bar.update(record["step"] - bar.n)
             bar.set_postfix(loss=f"{record['loss']:.4g}")
         elif "eval_loss" in record:
             bar.write(f"step {record['step']}: eval_loss {_fmt(record['eval_loss'])}", file=sys.stderr)
 
-    run = train(config, args.runs_dir, stop_event=stop, on_record=on_record,
-                on_status=lambda text: bar.set_description(text))
-    bar.close()
+    try:
+        run = train(config, args.runs_dir, stop_event=stop, on_run=on_run, on_record=on_record,
+                    on_status=lambda text: bars and bars[0].set_description(text))
+    finally:
+        for bar in bars:
+            bar.close()
     summary = run.summary()
     status = summary.get("status")
     if status == "completed":

@@ -73,6 +73,18 @@ BAD = [
     (["--method", "lora-ga", "--rank", "9"], "2r must fit"),
     (["--method", "delta-lora", "--steps", "10", "--start-step", "10"], "must be less than --steps 10"),
     (["--method", "lora-pro", "--moments", "half"], "must be one of full, factor"),
+    (["--lr", "inf"], "finite"),
+    (["--batch-size", "1e9"], "--batch-size must be at most"),
+    (["--rank", "100000"], "--rank must be at most 4096"),
+    (["--method", "rslora", "--alpha", "0"], "--alpha must be at least"),
+    (["--method", "dora", "--dropout", "0.95"], "--dropout must be at most 0.9"),
+    (["--method", "lora-plus", "--ratio", "0.5"], "--ratio must be at least 1"),
+    (["--method", "lora-fa", "--target-modules", "nosuchlayer"], "nosuchlayer"),
+    (["--method", "vera", "--d-initial", "0"], "--d-initial must be at least"),
+    (["--method", "lora-drop", "--sample-fraction", "2"], "--sample-fraction must be at most 1"),
+    (["--method", "delta-lora", "--update-ratio", "-1"], "--update-ratio must be at least 0"),
+    (["--seed", "-3"], "--seed must be at least 0"),
+    (["--warmup-steps", "x"], "must be a number"),
 ]
 
 
@@ -176,3 +188,18 @@ def test_a_local_model_directory_trains_with_the_right_auto_class(runs_dir, tmp_
     assert summary["status"] == "completed" and summary["eval_metric_name"] == metric
     config = json.loads(open(os.path.join(run_dir, "config.json")).read())
     assert config["trust_remote_code"] is False
+
+
+def test_a_runs_root_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # even root cannot create a directory under a file
+    assert main(["train", "--steps", "2", "--runs-dir", str(blocker / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create runs directory" in err[0], err
+    assert blocker.read_text() == "not a folder" and [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+def test_evaluate_cannot_leave_the_runs_root(tmp_path, capsys):
+    assert main(["evaluate", "../../no-such-run", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "outside the runs directory" in err[0]
