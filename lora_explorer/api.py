@@ -18,11 +18,13 @@ def _in_notebook() -> bool:
     return "ipykernel" in sys.modules
 
 
-class _Progress:
-    """A tqdm bar per run (the notebook widget in Jupyter), fed by train()'s callbacks."""
+class RunProgress:
+    """A tqdm bar per run, fed by train()'s callbacks (on_run=start, on_record=record, on_status=status):
+    the notebook widget in Jupyter, a text bar on stderr elsewhere (the CLI). eval_lines: also print
+    each evaluation as a line above the bar."""
 
-    def __init__(self, enabled: bool):
-        self.enabled, self.bar = enabled, None
+    def __init__(self, enabled: bool = True, eval_lines: bool = False):
+        self.enabled, self.eval_lines, self.bar = enabled, eval_lines, None
 
     def start(self, run: run_store.Run) -> None:
         if not self.enabled:
@@ -31,12 +33,23 @@ class _Progress:
 
         self.close()
         config = run.config()
-        self.bar = tqdm(total=config["steps"], unit="step", desc=f"{config['method']} seed {config['seed']}")
+        self.bar = tqdm(total=config["steps"], unit="step", dynamic_ncols=True,
+                        desc=f"{config['method']} seed {config['seed']}")
 
     def record(self, record: dict) -> None:
-        if self.bar is not None and record.get("loss") is not None:
+        if self.bar is None:
+            return
+        if record.get("loss") is not None:
             self.bar.update(record["step"] - self.bar.n)
             self.bar.set_postfix(loss=f"{record['loss']:.4g}")
+        elif self.eval_lines and "eval_loss" in record:
+            loss = record["eval_loss"]
+            self.bar.write(f"step {record['step']}: eval_loss {'-' if loss is None else format(loss, '.4g')}",
+                           file=sys.stderr)
+
+    def status(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(text)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -53,7 +66,7 @@ def train(config: RunConfig | None = None, runs_dir: str | os.PathLike | None = 
     if config is not None and fields:
         raise TypeError(f"pass a RunConfig or its fields, not both (got {', '.join(fields)})")
     config = config if config is not None else RunConfig(**fields)
-    bar = _Progress(_in_notebook() if progress is None else progress)
+    bar = RunProgress(_in_notebook() if progress is None else progress)
     try:
         return train_run(config, runs_dir, stop_event=stop_event, on_status=on_status,
                          on_run=_both(bar.start, on_run), on_record=_both(bar.record, on_record))
@@ -70,7 +83,7 @@ def sweep(methods, seeds=(0,), runs_dir: str | os.PathLike | None = None, *, sha
     """Train several methods (and seeds) on the same data and budget, one after the other; returns
     the runs. lx.sweep(["lora", "lora-plus"], model="toy", steps=200, shared_params={"rank": 8})."""
     plan = sweeps.plan(RunConfig(**fields), methods, seeds, shared_params, name)
-    bar = _Progress(_in_notebook() if progress is None else progress)
+    bar = RunProgress(_in_notebook() if progress is None else progress)
     try:
         return sweeps.run(plan, runs_dir, on_run=bar.start, on_record=bar.record)
     finally:

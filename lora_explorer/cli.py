@@ -115,33 +115,19 @@ def _run_config(args: argparse.Namespace, method: str, method_params: dict) -> R
 
 
 def cmd_train(args) -> int:
-    from tqdm import tqdm
-
+    from lora_explorer.api import RunProgress
     from lora_explorer.config import resolve
     from lora_explorer.train import train
 
     config = resolve(config_from_args(args))
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop after this step, keep the run
-    bars = []  # the bar appears once the run exists, so that a refused run prints only its error line
-
-    def on_run(_run):
-        bars.append(tqdm(total=config.steps, file=sys.stderr, unit="step", dynamic_ncols=True))
-
-    def on_record(record):
-        bar = bars[0]
-        if record.get("loss") is not None:
-            bar.update(record["step"] - bar.n)
-            bar.set_postfix(loss=f"{record['loss']:.4g}")
-        elif "eval_loss" in record:
-            bar.write(f"step {record['step']}: eval_loss {_fmt(record['eval_loss'])}", file=sys.stderr)
-
+    bar = RunProgress(eval_lines=True)  # appears once the run exists: a refused run prints only its error
     try:
-        run = train(config, args.runs_dir, stop_event=stop, on_run=on_run, on_record=on_record,
-                    on_status=lambda text: bars and bars[0].set_description(text))
+        run = train(config, args.runs_dir, stop_event=stop, on_run=bar.start, on_record=bar.record,
+                    on_status=bar.status)
     finally:
-        for bar in bars:
-            bar.close()
+        bar.close()
     summary = run.summary()
     status = summary.get("status")
     if status == "completed":
@@ -156,9 +142,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from tqdm import tqdm
-
     from lora_explorer import sweeps
+    from lora_explorer.api import RunProgress
 
     shared = {name: value for name, value in vars(args).items() if name in METHOD_PARAMS}
     base = _run_config(args, "lora", {})
@@ -175,23 +160,11 @@ def cmd_sweep(args) -> int:
           + "".join(f" x {key} {values}" for key, values in grid.items()) + ")", file=sys.stderr)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop this run, launch no more
-    bar = None
+    bar = RunProgress()
 
-    def on_run(run):
-        nonlocal bar
-        if bar is not None:
-            bar.close()
-        config = run.config()
-        bar = tqdm(total=config["steps"], file=sys.stderr, unit="step", dynamic_ncols=True,
-                   desc=f"{config['method']} seed {config['seed']}")
-
-    def on_record(record):
-        if bar is not None and record.get("loss") is not None:
-            bar.update(record["step"] - bar.n)
-            bar.set_postfix(loss=f"{record['loss']:.4g}")
-
-    done = sweeps.run(sweep, args.runs_dir, stop_event=stop, on_run=on_run, on_record=on_record)
-    if bar is not None:
+    try:
+        done = sweeps.run(sweep, args.runs_dir, stop_event=stop, on_run=bar.start, on_record=bar.record)
+    finally:
         bar.close()
     rows = [("method", "seed", "name", "status", "loss", "eval", "metric", "s/step", "run")]
     for run in done:

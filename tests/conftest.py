@@ -42,6 +42,18 @@ def app_runs(tmp_path, monkeypatch):
     ui.get_manager.clear()
 
 
+@pytest.fixture
+def page_root(monkeypatch):
+    """Point the app at a runs root (before its cached job manager is made)."""
+    from lora_explorer import ui
+
+    def use(root):
+        monkeypatch.setenv("LORA_EXPLORER_RUNS", str(root))
+        ui.get_manager.clear()
+    yield use
+    ui.get_manager.clear()
+
+
 def assert_trained(run, steps):
     """The run completed all its steps, its loss fell by 40%, and it ends below where it started."""
     summary = run.summary()

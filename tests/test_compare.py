@@ -283,15 +283,6 @@ def sweep_root(tmp_path_factory):
     return root, sweep, {(run.config()["method"], run.config()["seed"]): run for run in made}
 
 
-@pytest.fixture
-def page_root(monkeypatch):
-    def use(root):
-        monkeypatch.setenv("LORA_EXPLORER_RUNS", str(root))
-        ui.get_manager.clear()
-    yield use
-    ui.get_manager.clear()
-
-
 def open_page(query_params: dict | None = None) -> AppTest:
     return open_app_page(COMPARE, query_params)
 

@@ -17,6 +17,13 @@ def wait_all_finished(timeout: float = 180.0) -> list:
     return manager.snapshots()
 
 
+def wait_until_running(manager, job_id: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while manager.snapshot(job_id).status != "running":
+        assert time.monotonic() < deadline, manager.snapshot(job_id).status
+        time.sleep(0.1)
+
+
 def test_two_sessions_queue_three_jobs_each(app_runs):
     sessions = [train_page(), train_page()]
     started = {0: [], 1: []}
@@ -44,17 +51,11 @@ def test_a_stop_in_one_session_stops_only_its_job(app_runs):
     start(second, 100_000)
     mine, theirs = first.session_state["job_id"], second.session_state["job_id"]
     manager = ui.get_manager()
-    deadline = time.monotonic() + 60
-    while manager.snapshot(mine).status != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until_running(manager, mine)
     first.button(key="stop").click().run()
     assert manager.wait(mine, timeout=60).status == "stopped"
     time.sleep(0.5)
     assert manager.snapshot(theirs).status in ("queued", "running")  # untouched: it runs next
-    deadline = time.monotonic() + 60
-    while manager.snapshot(theirs).status != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until_running(manager, theirs)
     second.button(key="stop").click().run()
     assert manager.wait(theirs, timeout=60).status == "stopped"

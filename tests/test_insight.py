@@ -46,16 +46,6 @@ def sample(tmp_path_factory):
     return root, made
 
 
-@pytest.fixture
-def page_root(monkeypatch):
-    """Point the app at a runs root (before its cached job manager is made)."""
-    def use(root):
-        monkeypatch.setenv("LORA_EXPLORER_RUNS", str(root))
-        ui.get_manager.clear()
-    yield use
-    ui.get_manager.clear()
-
-
 def open_page(page: str, query_params: dict | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     for key, value in (query_params or {}).items():
