@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -50,6 +51,36 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+def process_start_time(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat, counted
+    after the last ')' since the command name may hold spaces and parentheses). With the pid it names
+    one process: a later process that reuses the pid has another start time. None without /proc or
+    without that process."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@functools.cache
+def _own_start_time(pid: int) -> int | None:
+    """This process's start time, read once; keyed by pid because a forked child is another process."""
+    return process_start_time(pid)
+
+
+def writable_root(root: str | os.PathLike | None = None) -> Path:
+    """The runs root, created if missing; ConfigError when runs cannot be written there."""
+    root = runs_root(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create runs directory {str(root)!r}: {error.strerror or error}") from None
+    if not os.access(root, os.W_OK):
+        raise ConfigError(f"runs directory {str(root)!r} is not writable")
+    return root
+
+
 def read_metrics(path: Path) -> list[dict]:
     """Every complete line of metrics.jsonl; a truncated or corrupt line is skipped, never fatal."""
     records = []
@@ -81,12 +112,7 @@ class Run:
     # ---- writing (the training process)
     @classmethod
     def create(cls, root: Path, method: str) -> "Run":
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(f"cannot create runs directory {str(root)!r}: {error.strerror or error}") from None
-        if not os.access(root, os.W_OK):
-            raise ConfigError(f"runs directory {str(root)!r} is not writable")
+        writable_root(root)
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{secrets.token_hex(3)}"
         path = root / run_id
         path.mkdir()
@@ -106,7 +132,10 @@ class Run:
             handle.write("".join(json.dumps(record) + "\n" for record in records))
 
     def write_summary(self, summary: dict) -> None:
-        summary = {**summary, "pid": os.getpid(), "host": socket.gethostname(), "updated_at": time.time()}
+        pid = os.getpid()
+        started = _own_start_time(pid)
+        summary = {**summary, "pid": pid, **({"pid_start": started} if started is not None else {}),
+                   "host": socket.gethostname(), "updated_at": time.time()}
         running = summary.get("status") == "running"
         if running:  # live before the file says running, and still live until the file says otherwise
             with _LIVE_LOCK:
@@ -163,8 +192,10 @@ class Run:
         except (ProcessLookupError, TypeError, ValueError):
             return False
         except PermissionError:
-            return True
-        return True
+            pass  # a process of another user holds the pid: its start time still tells whether it is the run's
+        # After a restart another process may hold the pid; only one started when the writer did is the run.
+        recorded, current = summary.get("pid_start"), process_start_time(int(pid))
+        return recorded is None or current is None or recorded == current
 
 
 @dataclass

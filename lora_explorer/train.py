@@ -26,6 +26,11 @@ SUMMARY_EVERY_S = 2.0  # how often a running run refreshes summary.json
 BUILD_LOCK = threading.Lock()
 
 
+class _StoppedBeforeTraining(Exception):
+    """A stop asked for while the model or the method was still being built (pretraining a base,
+    LoRA-GA's gradient estimation, LoRA-drop's stage 1): those can take minutes."""
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         if torch.cuda.is_available():
@@ -214,11 +219,18 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
         except Exception:  # noqa: BLE001 - see emit()
             pass
 
+    def build_status(text):
+        """status() for the build, which also ends it at a stop: the loop checks for one only once
+        training starts. It raises after status(), which swallows what on_status raises."""
+        status(text)
+        if stop_event is not None and stop_event.is_set():
+            raise _StoppedBeforeTraining
+
     memory = MemoryMeter(device)
     try:
-        status("loading model")
+        build_status("loading model")
         with BUILD_LOCK:
-            bundle = load_base(config, spec, progress=lambda i, n: status(f"pretraining the base model {i}/{n}"))
+            bundle = load_base(config, spec, progress=lambda i, n: build_status(f"pretraining the base model {i}/{n}"))
             task = tasks.build_task(spec, bundle, config.task_params)
             if bundle.from_config:
                 from safetensors.torch import save_model
@@ -229,7 +241,7 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
             w0 = original_weights(bundle, config)
             setup = method.build(BuildContext(bundle, config.method_params, config.lr, config.weight_decay,
                                               config.steps, task, config.batch_size, config.seed, device,
-                                              run.path, status))
+                                              run.path, build_status))
         trainable, total = count_params(setup.model)
         summary.update(trainable_params=trainable, total_params=total,
                        eval_metric_name=task.metric_name, device=str(device))
@@ -243,6 +255,9 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
                              spectra, alignment))
         if summary["status"] in ("completed", "stopped"):
             method.save(setup.model, run.path)
+    except _StoppedBeforeTraining:
+        summary.update(status="stopped",
+                       error="stopped before training started: no step taken, no trained weights saved")
     except Exception as error:  # noqa: BLE001 - any failure must leave a readable, finished run
         summary.update(status="failed", error=_one_line(error))
     except BaseException as error:  # KeyboardInterrupt, SystemExit: record it, then let it through

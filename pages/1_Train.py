@@ -159,7 +159,7 @@ def live_view(job_id: str, was_live: bool, log_y: bool) -> None:
         if snap.status in ("failed", "diverged"):
             st.error(snap.error or f"the run {snap.status}")
         elif snap.status == "stopped":
-            st.warning(f"Stopped after {snap.step} steps; the weights so far are saved.")
+            st.warning(snap.error or f"Stopped after {snap.step} steps; the weights so far are saved.")
         elif snap.status == "cancelled":
             st.info("Cancelled before it started.")
         if snap.run_dir:

@@ -405,6 +405,7 @@ def test_a_running_run_is_drawn_and_grows_on_each_refresh(sweep_root, page_root,
     summary = json.loads((path / "summary.json").read_text())
     # pid 1 on this host: a process that is alive, so the run stays `running`
     (path / "summary.json").write_text(json.dumps({**summary, "status": "running", "pid": 1,
+                                                   "pid_start": store.process_start_time(1),
                                                    "host": socket.gethostname()}))
     lines = (path / "metrics.jsonl").read_text().splitlines(keepends=True)
     training = [i for i, line in enumerate(lines) if '"loss"' in line]

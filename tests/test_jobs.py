@@ -35,3 +35,19 @@ def test_queue_runs_one_job_at_a_time_and_stop_cancels(runs_dir):
     assert manager.snapshot(third).status == "cancelled"
     assert len(run_dirs(runs_dir)) == 2
     assert {s.id for s in manager.snapshots()} == {first, second, third}
+
+
+def test_stop_during_the_build_ends_the_job_before_training(runs_dir):
+    manager = JobManager(runs_dir)
+    # LoRA-GA estimates its gradient over many batches before the first training step
+    job = manager.submit(lx.RunConfig(model="toy", method="lora-ga", steps=100_000,
+                                      method_params={"estimation_batches": 10_000}))
+    deadline = time.time() + 60
+    while not manager.snapshot(job).phase.startswith("estimating the gradient") and time.time() < deadline:
+        time.sleep(0.01)
+    manager.stop(job)
+    snap = manager.wait(job, 60)
+    assert snap.status == "stopped" and snap.step == 0 and "before training" in snap.error
+    assert not (snap.run_dir / "adapter").exists()
+    after = manager.submit(lx.RunConfig(model="toy", method="lora", steps=5))  # the worker and the build lock are free
+    assert manager.wait(after, 60).status == "completed"

@@ -1,8 +1,12 @@
 """The run directory contract, faults during training, and interrupted runs."""
+import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -115,6 +119,66 @@ def test_a_run_whose_process_died_reads_as_interrupted(runs_dir):
     (info,) = store.list_runs(runs_dir)
     assert info.status == "interrupted"
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="process start times come from /proc")
+def test_a_run_whose_pid_another_process_reuses_reads_as_interrupted(tmp_path):
+    own = store.Run(tmp_path / "own")
+    own.path.mkdir()
+    own.write_summary({"status": "completed"})
+    assert own.summary()["pid_start"] == store.process_start_time(os.getpid())
+
+    stranger = subprocess.Popen(["sleep", "60"])  # alive, and holding the pid the summary names
+    try:
+        started = store.process_start_time(stranger.pid)
+        for name, pid_start, expected in [("same-process", started, "running"),
+                                          ("reused-pid", started - 1, "interrupted")]:
+            run = store.Run(tmp_path / name)
+            run.path.mkdir()
+            store.write_json(run.path / "summary.json", {"status": "running", "pid": stranger.pid,
+                                                         "pid_start": pid_start, "host": socket.gethostname()})
+            assert run.summary()["status"] == expected, name
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_stop_during_the_build_ends_the_run_before_training(runs_dir, monkeypatch):
+    from lora_explorer import crossrun
+    from lora_explorer.train import BUILD_LOCK
+    from lora_explorer.methods import REGISTRY
+
+    stop, build_reports, runs = threading.Event(), [], []
+
+    def endless_build(ctx):  # a build only a stop ends; bounded, so a missed stop fails instead of hanging
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ctx.status(f"building {len(build_reports)}")
+            time.sleep(0.01)
+        raise AssertionError("the stop never reached the build")
+
+    def on_status(text):
+        if text.startswith("building"):
+            build_reports.append(text)
+            stop.set()
+
+    monkeypatch.setitem(REGISTRY, "lora", dataclasses.replace(REGISTRY["lora"], build=endless_build))
+    config = lx.RunConfig(model="toy", method="lora", steps=100)
+    worker = threading.Thread(target=lambda: runs.append(lx.train(config, runs_dir, stop_event=stop,
+                                                                  on_status=on_status)))
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and build_reports == ["building 0"]  # ended at the first report after the stop
+    (run,) = runs
+    summary = json.loads((run.path / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["steps_done"] == 0
+    assert "before training" in summary["error"]
+    assert run.summary() == summary and run.metrics() == []
+    assert not (run.path / "adapter").exists() and not (run.path / "weights.safetensors").exists()
+    assert BUILD_LOCK.acquire(blocking=False)
+    BUILD_LOCK.release()
+    with pytest.raises(lx.ConfigError):  # the pages' comparisons: one line, no crash
+        crossrun.final_weights(run.path)
 
 
 def test_truncated_last_metrics_line_is_skipped(runs_dir):
