@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_explorer import store
 from lora_explorer.config import RunConfig, resolve
 from lora_explorer.errors import ConfigError
 
@@ -80,6 +81,7 @@ class JobManager:
     def submit(self, config: RunConfig) -> str:
         """Validate now (raises ConfigError, launches nothing) and queue; returns the job id."""
         resolved = resolve(config)
+        store.writable_root(self.runs_dir)  # a job that could not write its run would only fail later
         job = Job(id=secrets.token_hex(4), config=resolved)
         with self._lock:
             self._jobs[job.id] = job

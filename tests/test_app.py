@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lora_explorer import plots, store, ui  # noqa: E402  (after the path fix)
+from lora_explorer import data_files, plots, store, ui  # noqa: E402  (after the path fix)
 from lora_explorer.errors import ConfigError  # noqa: E402
 
 APP = str(ROOT / "app.py")
@@ -287,3 +287,82 @@ def test_a_try_it_link_preselects_the_method_once(app_runs):
     assert at.selectbox(key="method").value == "dora" and "method" not in at.query_params
     at.selectbox(key="method").select("vera").run()
     assert at.selectbox(key="method").value == "vera"
+
+
+def upload(at: AppTest, model: str, name: str, data: bytes) -> AppTest:
+    at.selectbox(key="model").select(model).run()
+    at.selectbox(key="task").select(ui.UPLOAD).run()
+    at.file_uploader(key="upload").upload(name, data, "text/csv").run()
+    assert not at.exception, at.exception
+    return at
+
+
+LABELLED = b"text,label\n" + b"".join(b"review %d,%s\n" % (i, b"pos" if i % 2 else b"neg") for i in range(8))
+BAD_UPLOADS = [  # (model, file name, bytes, the error's words)
+    ("minilm", "empty.csv", b"", "is empty"),
+    ("minilm", "blank.jsonl", b"\n \n", "is empty"),
+    ("minilm", "image.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "looks binary"),
+    ("minilm", "latin1.csv", "text,label\ncaf\u00e9 cr\u00e8me,pos\n".encode("latin-1"), "not valid UTF-8"),
+    ("minilm", "utf16.csv", "text,label\nhello,pos\n".encode("utf-16"), "looks binary"),
+    ("minilm", "huge.csv", LABELLED * 4, "the limit is"),  # MAX_BYTES is lowered for this case
+    ("minilm", "nolabel.csv", b"text\na\nb\nc\nd\n", "no 'label' column"),
+    ("minilm", "renamed.csv", b"sentence,label\na,1\nb,0\nc,1\nd,0\n", "no 'text' column"),
+    ("minilm", "ragged.csv", b"text,label\na,1\nb,0,extra\n", "line 3 has 3 fields"),
+    ("minilm", "broken.jsonl", b'{"text": "a", "label": 1}\n{"text": \n', "line 2 is not JSON"),
+    ("minilm", "list.jsonl", b'["a", 1]\n', "not a JSON object"),
+    ("minilm", "short.csv", b"text,label\na,pos\nb,neg\n", "at least 4"),
+    ("minilm", "onelabel.csv", b"text,label\na,x\nb,x\nc,x\nd,x\n", "single label"),
+    ("minilm", "numbers.jsonl", b'{"text": 5, "label": "a"}\n' * 4, "'text' is empty or not a string"),
+    ("minilm", "nested.jsonl", b'{"text": "a", "label": {"x": 1}}\n' * 4, "'label' is empty or not a value"),
+]
+
+
+@pytest.mark.parametrize("model, name, data, message", BAD_UPLOADS, ids=[case[1] for case in BAD_UPLOADS])
+def test_a_bad_upload_shows_one_error_saves_nothing_and_cannot_start(app_runs, monkeypatch, model, name, data,
+                                                                      message):
+    if name == "huge.csv":
+        monkeypatch.setattr(data_files, "MAX_BYTES", len(LABELLED) * 2)
+    at = upload(train_page(), model, name, data)
+    assert len(at.error) == 1 and message in at.error[0].value and name in at.error[0].value, \
+        [error.value for error in at.error]
+    assert "Traceback" not in at.error[0].value and "\n" not in at.error[0].value
+    assert at.button(key="start").disabled and at.button(key="start_sweep").disabled
+    assert not (app_runs / "uploads").exists() and ui.get_manager().snapshots() == []
+
+
+def test_an_upload_with_extra_columns_is_accepted_and_saved_once(app_runs):
+    data = b"id,text,label,source\n" + b"".join(b"%d,review %d,%s,web\n" % (i, i, b"pos" if i % 2 else b"neg")
+                                                  for i in range(6))
+    at = upload(train_page(), "minilm", "extra columns.csv", data)
+    assert not at.error and any(caption.value == "6 rows, labels: neg, pos" for caption in at.caption)
+    assert not at.button(key="start").disabled
+    (saved,) = (app_runs / "uploads").iterdir()
+    assert saved.read_bytes() == data and saved.name.endswith("-extra_columns.csv")
+
+
+def test_a_runs_root_that_cannot_be_written_shows_one_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # even root cannot create a directory under a file
+    monkeypatch.setenv("LORA_EXPLORER_RUNS", str(blocker / "runs"))
+    ui.get_manager.clear()
+    try:
+        at = train_page()
+        start(at, 5)
+        assert len(at.error) == 1 and "cannot create runs directory" in at.error[0].value, at.error
+        assert "job_id" not in at.session_state and ui.get_manager().snapshots() == []
+        at = upload(train_page(), "minilm", "reviews.csv", LABELLED)  # a good file, nowhere to keep it
+        assert len(at.error) == 1 and "cannot save the upload" in at.error[0].value, at.error
+        assert at.button(key="start").disabled
+    finally:
+        ui.get_manager.clear()
+    assert blocker.read_text() == "not a folder" and [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+def test_a_label_that_looks_like_a_path_stays_a_label(app_runs):
+    at = train_page()
+    at.text_input(key="run_name").set_value("../../outside")
+    start(at, 3)
+    run_until(at, lambda at: progress(at).startswith("completed"), what="the job to complete")
+    (run,) = [path for path in app_runs.iterdir() if (path / "config.json").exists()]
+    assert json.loads((run / "config.json").read_text())["name"] == "../../outside"
+    assert not (app_runs.parent.parent / "outside").exists() and run.parent == app_runs
