@@ -176,9 +176,11 @@ if snap is not None:
 queue_active = any(not s.finished for s in manager.snapshots())
 
 
-@st.fragment(run_every=1.0 if queue_active else None)
+@st.fragment(run_every=1.0 if queue_active else 5.0)  # idle, it still notices jobs other sessions queue
 def queue_view(was_active: bool) -> None:
     snaps = manager.snapshots()
+    if any(not s.finished for s in snaps) and not was_active:
+        st.rerun()  # another session queued a job: a full rerun speeds the timer up and lists it
     if not snaps:
         return
     st.subheader("Queue")

@@ -55,15 +55,25 @@ def app(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(app):
+def browser():
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        page.set_default_timeout(60_000)
-        yield page
+        yield browser
         browser.close()
+
+
+def new_page(browser):
+    """A page in a context of its own: a separate browser session, as another user's."""
+    page = browser.new_context(viewport={"width": 1300, "height": 1000}).new_page()
+    page.set_default_timeout(60_000)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(app, browser):
+    return new_page(browser)
 
 
 def settle(page) -> None:
@@ -180,3 +190,68 @@ def journey(page, url, runs):
         page.locator(".js-plotly-plot").first.wait_for()
         assert not page.get_by_text("Traceback").count()
         shot(page, f"5-{name.lower()}")
+
+
+def start_sweep_of_seeds(page, url: str, label: str, steps: int) -> None:
+    """From the Train page: the toy model's LoRA, three seeds, queued as one sweep under a label."""
+    open_page(page, f"{url}/Train")
+    for field, value in (("steps", str(steps)), ("Run label (optional)", label)):
+        box = page.get_by_label(field, exact=True)
+        box.fill(value)
+        box.press("Enter")
+        time.sleep(1)  # the rerun the new value starts
+        settle(page)
+    page.get_by_text("Compare methods: launch a sweep").click()
+    seeds = page.get_by_label("Seeds", exact=True)
+    seeds.fill("0,1,2")
+    seeds.press("Enter")
+    time.sleep(1)
+    settle(page)
+    page.get_by_role("button", name="Start sweep").click()
+    page.get_by_text(re.compile(rf"seed 2 · {label}")).first.wait_for()
+
+
+QUEUE_ROWS = """(() => [...document.querySelectorAll('[data-testid="stMarkdownContainer"]')]
+    .map(e => e.innerText).filter(t => / · seed \\d · (alice|bob) /.test(t)))()"""
+
+
+def test_two_browser_sessions_share_one_queue_and_stop_only_their_own_job(app, browser):
+    """Two browsers (two sessions) queue three jobs each on one server: each sees all six; a cancel in
+    one stops only that job; every other run finishes with its own steps and nothing of the other's."""
+    url, runs = app
+    alice, bob = new_page(browser), new_page(browser)
+    try:
+        start_sweep_of_seeds(alice, url, "alice", 300)
+        start_sweep_of_seeds(bob, url, "bob", 1000)  # long enough that bob's last job is still queued
+        row = bob.locator("[data-testid='stHorizontalBlock']", has_text=re.compile(r"seed 2 · bob .*queued"))
+        row.get_by_role("button", name="Cancel").click()  # bob's last job, still behind alice's three
+        bob.get_by_text(re.compile(r"seed 2 · bob .*cancelled")).first.wait_for()
+        for page in (alice, bob):  # each session's live queue lists all six, its own and the other's
+            page.wait_for_function(f"() => {QUEUE_ROWS}.length == 6")
+            assert sum("alice" in line for line in page.evaluate(f"() => {QUEUE_ROWS}")) == 3
+        deadline = time.monotonic() + 120
+        while True:
+            ours = [p for p in runs.iterdir() if (p / "config.json").exists()
+                    and json.loads((p / "config.json").read_text()).get("name") in ("alice", "bob")]
+            summaries = [json.loads((p / "summary.json").read_text()) for p in ours]
+            if len(ours) == 5 and all(s["status"] == "completed" for s in summaries):
+                break
+            assert time.monotonic() < deadline, [(p.name, s["status"]) for p, s in zip(ours, summaries)]
+            time.sleep(0.5)
+        for path in ours:
+            config = json.loads((path / "config.json").read_text())
+            steps = [json.loads(line)["step"] for line in (path / "metrics.jsonl").read_text().splitlines()
+                     if '"loss"' in line]
+            assert steps == list(range(1, config["steps"] + 1)), (config["name"], len(steps))
+        by_label = sorted((json.loads((p / "config.json").read_text())["name"],
+                           json.loads((p / "config.json").read_text())["seed"]) for p in ours)
+        assert by_label == [("alice", 0), ("alice", 1), ("alice", 2), ("bob", 0), ("bob", 1)]
+        alice.get_by_role("heading", name="Queue").scroll_into_view_if_needed()
+        shot(alice, "6-two-sessions")
+    except Exception:
+        shot(alice, "failure-alice")
+        shot(bob, "failure-bob")
+        raise
+    finally:
+        for page in (alice, bob):
+            page.context.close()
