@@ -9,14 +9,13 @@ the first (cold: imports, first read of every file) reported apart. Two layouts:
 (training loss, eval loss, eval metric), the cost table, the Pareto front and the config diff.
 
 Run:   .venv/bin/python benchmarks/compare_render.py [--runs 12] [--points 1000] [--repeats 5]
-Writes benchmarks/results/compare_render.json.
+Writes compare_render.json to the results folder (benchmarks/common.py).
 """
 import argparse
 import base64
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import write_result  # noqa: E402
 METHODS = ("full", "lora", "lora-plus", "rslora", "dora", "vera", "lora-fa", "lora-drop", "adalora", "delta-lora",
            "lora-ga", "lora-pro")
 TARGET_S = 1.0
@@ -151,12 +151,9 @@ def main():
               f"{result['median_uncached_s'] * 1000:.0f} ms with every file read again "
               f"(first {result['first_s'] * 1000:.0f} ms, imports included; target <= {TARGET_S * 1000:.0f} ms)")
     worst = max(max(result["median_s"], result["median_uncached_s"]) for result in results.values())
-    output = {"runs": args.runs, "points_per_run": args.points, "repeats": args.repeats, "target_s": TARGET_S,
-              "worst_median_s": worst, "meets_target": worst <= TARGET_S, "layouts": results,
-              "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "cpu_count": os.cpu_count()}}
-    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "compare_render.json").write_text(json.dumps(output, indent=2))
+    write_result("compare_render", {"runs": args.runs, "points_per_run": args.points, "repeats": args.repeats,
+                                    "target_s": TARGET_S, "worst_median_s": worst,
+                                    "meets_target": worst <= TARGET_S, "layouts": results})
     print(f"worst median {worst * 1000:.0f} ms: {'meets' if worst <= TARGET_S else 'misses'} the 1 s target")
 
 

@@ -23,17 +23,16 @@ wall time of one step (robust to bursts of load from other processes) and the me
 Sides are interleaved (bare, ours, ours+analysis, bare dora, ours dora, bare, ...); the best run of
 each side counts.
 
-Run:   .venv/bin/python benchmarks/loop_overhead.py [--steps 60] [--repeats 2] [--threads 1]
+Run:   .venv/bin/python benchmarks/loop_overhead.py [--steps 60] [--repeats 2] [--threads 1] [--device cpu]
 torch runs single-threaded by default: on a shared machine a busy neighbour slows a multi-threaded
 step several-fold (threads wait at every barrier), which swamps a 3% margin; --threads 0 keeps
-torch's default. Writes benchmarks/results/loop_overhead.json.
+torch's default. On --device cuda both loops run under the same bf16 autocast (`train.autocast`).
+Writes loop_overhead.json to the results folder (benchmarks/common.py).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -47,7 +46,9 @@ from peft import LoraConfig, get_peft_model
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lora_explorer import models, tasks  # noqa: E402
 from lora_explorer.config import RunConfig, resolve  # noqa: E402
-from lora_explorer.train import data_order, train, versions  # noqa: E402
+from lora_explorer.train import autocast, data_order, pick_device, train  # noqa: E402
+
+from benchmarks.common import write_result  # noqa: E402
 
 WARMUP = 5  # steps discarded on each side (torch lazy init, allocator warm-up)
 LR, BATCH, SEED = 5e-4, 16, 0
@@ -58,21 +59,22 @@ COLUMNS = {"s_per_step": "total wall", "median_wall_step_s": "median wall step",
 SIDES = ("bare", "ours", "ours+analysis", "bare dora", "ours dora")
 
 
-def config(steps: int, analysis: bool = False, method: str = "lora") -> RunConfig:
+def config(steps: int, device: str, analysis: bool = False, method: str = "lora") -> RunConfig:
     return RunConfig(model="minilm", method=method, task="sentiment", steps=steps, eval_every=steps,
-                     log_every=1, lr=LR, batch_size=BATCH, seed=SEED, device="cpu",
+                     log_every=1, lr=LR, batch_size=BATCH, seed=SEED, device=device,
                      analysis_every=None if analysis else 0,  # None: the default cadence
                      method_params=dict(rank=8, alpha=16.0, dropout=0.0, target_modules="query,value"))
 
 
-def run_bare(steps: int, dora: bool = False) -> dict:
-    params = resolve(config(steps)).task_params
+def run_bare(steps: int, device: str, dora: bool = False) -> dict:
+    params = resolve(config(steps, device)).task_params
+    device = pick_device(device)
     torch.manual_seed(SEED)  # as train.load_base: same head initialisation
     bundle = models.load_model("minilm", "classification", num_labels=2)
     task = tasks.build_task(tasks.TASKS["sentiment"], bundle, params)
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"],
                       modules_to_save=["classifier"], use_dora=dora)
-    model = get_peft_model(bundle.model, lora)
+    model = get_peft_model(bundle.model, lora).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
     batches = data_order(len(task), BATCH, SEED)
     data = task.train
@@ -81,9 +83,10 @@ def run_bare(steps: int, dora: bool = False) -> dict:
     ends, step_times = [], []
     for _ in range(steps):
         idx = next(batches)
-        input_ids, mask, labels = data["input_ids"][idx], data["attention_mask"][idx], data["labels"][idx]
+        input_ids, mask, labels = (data[key][idx].to(device) for key in ("input_ids", "attention_mask", "labels"))
         tick = time.perf_counter()
-        logits = model(input_ids=input_ids, attention_mask=mask).logits
+        with autocast(device):
+            logits = model(input_ids=input_ids, attention_mask=mask).logits
         loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
         optimizer.step()
@@ -95,8 +98,8 @@ def run_bare(steps: int, dora: bool = False) -> dict:
     return summarise(ends, step_times, steps)
 
 
-def run_ours(steps: int, runs_dir: str, analysis: bool, method: str = "lora") -> dict:
-    run = train(config(steps, analysis, method), runs_dir=runs_dir)
+def run_ours(steps: int, device: str, runs_dir: str, analysis: bool, method: str = "lora") -> dict:
+    run = train(config(steps, device, analysis, method), runs_dir=runs_dir)
     summary = run.summary()
     if summary.get("status") != "completed":
         raise RuntimeError(f"our run did not complete: {summary}")
@@ -118,6 +121,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.steps <= WARMUP + 1:
         parser.error(f"--steps must be more than {WARMUP + 1}")
@@ -130,9 +134,10 @@ def main() -> None:
         for repeat in range(args.repeats):
             for side in SIDES:
                 if side.startswith("bare"):
-                    result = run_bare(args.steps, dora=side == "bare dora")
+                    result = run_bare(args.steps, args.device, dora=side == "bare dora")
                 else:
-                    result = run_ours(args.steps, runs_dir, side == "ours+analysis", "dora" if "dora" in side else "lora")
+                    result = run_ours(args.steps, args.device, runs_dir, side == "ours+analysis",
+                                      "dora" if "dora" in side else "lora")
                 raw[side].append(result)
                 print(f"  {side} #{repeat + 1}: " + ", ".join(
                     f"{label} {result[key] * 1e3:.1f} ms" for key, label in COLUMNS.items()), flush=True)
@@ -166,20 +171,14 @@ def main() -> None:
           f"default cadence: {with_analysis['s_per_step']:.3f} of bare, {analysis_cost['s_per_step']:.3f} of ours "
           "without it (target >= 0.85)")
 
-    out = Path(__file__).resolve().parent / "results" / "loop_overhead.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    out = write_result("loop_overhead", {
         "steps": args.steps, "warmup_steps": WARMUP, "repeats": args.repeats, "batch_size": BATCH,
         "raw": raw, "best": best, "ratio_ours_over_bare_steps_per_s": ratios, "target": 0.97,
         "ratio_ours_analysis_over_bare_steps_per_s": with_analysis,
         "ratio_ours_analysis_over_ours_steps_per_s": analysis_cost, "target_analysis": 0.85,
         "dora_over_lora_time_ours": dora_ours, "dora_over_lora_time_bare": dora_bare,
         "dora_agreement_ours_over_bare": dora_agreement, "target_dora_agreement": [0.9, 1.1],
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu",
-                    "load_avg_1min_before_after": [load_before[0], load_after[0]], **versions()},
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }, indent=2) + "\n")
+        "load_avg_1min_before_after": [load_before[0], load_after[0]]}, args.device)
     print(f"wrote {out}")
 
 

@@ -7,14 +7,13 @@ Methods are interleaved over --repeats rounds and the fastest round of each coun
 shared and noisy). Step time is the run's median `sec_per_step` (forward, backward, optimizer step).
 
 Run:   .venv/bin/python benchmarks/methods_cost.py [--steps 15] [--repeats 2] [--threads 1] [--device cpu]
-Writes benchmarks/results/methods_cost.json and .md.
+Writes methods_cost.json and .md to the results folder (benchmarks/common.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.common import results_dir, write_result  # noqa: E402
+
 TARGETS = {"lora-pro": {"step": 1.3, "memory": 1.5}}
 
 
@@ -117,12 +117,10 @@ def main() -> None:
                  f"ratio {init_s / ten_steps:.2f} (target ≤ 1)")
     table = "\n".join(lines)
     print(table)
-    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
-               "device": args.device, "steps": args.steps, "repeats": args.repeats, "batch_size": 16}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "methods_cost.json").write_text(json.dumps(
-        {"machine": machine, "rows": rows, "lora_ga_init_s": init_s, "ten_lora_steps_s": ten_steps}, indent=2))
-    (RESULTS / "methods_cost.md").write_text(table + "\n")
+    write_result("methods_cost", {"steps": args.steps, "repeats": args.repeats, "batch_size": 16,
+                                  "threads_per_run": args.threads, "rows": rows, "lora_ga_init_s": init_s,
+                                  "ten_lora_steps_s": ten_steps}, args.device)
+    (results_dir() / "methods_cost.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -9,21 +9,22 @@ Each model is measured in fresh processes that have imported what the app import
   - next job: a second identical job in the same process.
 Targets: toy ≤ 1.5 s, MiniLM ≤ 6 s, on this CPU (for the first click and later jobs).
 
-Run:   .venv/bin/python benchmarks/submit_latency.py [--repeats 2]
-Writes benchmarks/results/submit_latency.json.
+Run:   .venv/bin/python benchmarks/submit_latency.py [--repeats 2] [--device auto]
+Writes submit_latency.json to the results folder (benchmarks/common.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import write_result  # noqa: E402
+
 TARGETS = {"toy": 1.5, "minilm": 6.0}
 
 CHILD = r"""
@@ -35,7 +36,7 @@ from lora_explorer.jobs import JobManager
 
 def first_loss(manager, model):
     tick = time.perf_counter()
-    job = manager.submit(RunConfig(model=model, steps=5, eval_every=5))
+    job = manager.submit(RunConfig(model=model, steps=5, eval_every=5, device=sys.argv[4]))
     while True:
         snap = manager.snapshot(job)
         if any("loss" in r for r in snap.records):
@@ -59,14 +60,15 @@ with tempfile.TemporaryDirectory() as root:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     results = {}
     for model in TARGETS:
         samples = {"immediate": [], "preloaded": []}
         for _ in range(args.repeats):
             for mode in samples:
-                done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), model, mode], capture_output=True,
-                                      text=True, timeout=600, check=True)
+                done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), model, mode, args.device],
+                                      capture_output=True, text=True, timeout=600, check=True)
                 samples[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
         results[model] = {"immediate_s": min(s["first"] for s in samples["immediate"]),
                           "first_click_s": min(s["first"] for s in samples["preloaded"]),
@@ -78,10 +80,7 @@ def main() -> None:
     for model, r in results.items():
         print(f"| {model} | {r['immediate_s']:.2f} | {r['first_click_s']:.2f} | {r['next_job_s']:.2f} | "
               f"≤ {r['target_s']:g} |")
-    out = ROOT / "benchmarks" / "results" / "submit_latency.json"
-    out.write_text(json.dumps({"results": results, "repeats": args.repeats,
-                               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-                               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
+    out = write_result("submit_latency", {"results": results, "repeats": args.repeats}, args.device)
     print(f"\nwrote {out}")
 
 
