@@ -1,5 +1,5 @@
 """Security defaults: no pickle anywhere, remote code off unless asked, the server on loopback,
-generated run ids and sanitised labels."""
+uploads capped, generated run ids and sanitised labels."""
 import ast
 import tomllib
 from pathlib import Path
@@ -43,6 +43,14 @@ def test_the_server_listens_on_loopback_only():
     settings = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert settings["server"]["address"] == "127.0.0.1"
     assert "--server.address 0.0.0.0" in (ROOT / "README.md").read_text()  # how to open it up, documented
+
+
+def test_uploads_are_capped_by_the_server_and_by_the_parser():
+    from lora_explorer import data_files
+
+    settings = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert settings["server"]["maxUploadSize"] * 2**20 == data_files.MAX_BYTES  # Streamlit counts in MiB
+    assert data_files.MAX_ROWS <= 200_000
 
 
 def test_run_ids_are_generated_and_labels_cannot_name_paths(tmp_path):
