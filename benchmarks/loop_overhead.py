@@ -3,7 +3,7 @@ analysis (spectra + gradient alignment) off and at its default cadence.
 
 Both sides train minilm on the built-in `sentiment` task with LoRA (r=8, alpha=16, dropout 0,
 targets query,value, the classifier in modules_to_save), AdamW lr 5e-4, batch size 16, the same
-seed and the same batches (`lora_explorer.train.data_order`), for --steps steps, on the CPU.
+seed and the same batches (`lora_explorer.train.data_order`), for --steps steps, on --device.
 
 Timed on both sides: the training loop after WARMUP warm-up steps, from the end of step WARMUP to
 the end of the last step, divided by the number of steps in between.

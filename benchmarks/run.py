@@ -10,7 +10,8 @@
 Writes summary.md and summary.json (with the machine) beside each benchmark's own JSON, in
 benchmarks/results/ (CPU) or benchmarks/results/<device>/ (else), or in --results. --readme also
 puts the table into README.md between the markers for this device. --quick runs fewer steps and
-repeats (for the GPU check's short lease); its numbers are noisier.
+repeats (for the GPU check's short lease); its numbers are noisier. Exits 1 when a benchmark could
+not run; a missed target is reported in the table (and on stderr), not by the exit status.
 
 Run:   .venv/bin/python benchmarks/run.py [--device cpu|cuda] [--quick] [--only NAME,...] [--readme]
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine  # noqa: E402
+from benchmarks.methods_cost import method_table  # noqa: E402
 
 
 def plans(device: str, quick: bool) -> dict[str, list[str]]:
@@ -66,64 +68,66 @@ def at_most(what, measured, goal, **kw) -> Target:
 
 
 def targets(results: dict) -> list[Target]:
-    """Every target whose benchmark ran, from the benchmarks' JSON."""
+    """Every target whose benchmark ran, judged by the goal that benchmark wrote beside its numbers."""
     found = []
     if loop := results.get("loop_overhead"):
         wall = "s_per_step"  # total wall time from the end of the warm-up to the last step
+        low, high = loop["target_dora_agreement"]
+        agreement = loop["dora_agreement_ours_over_bare"][wall]
         found += [
             at_least("our loop ÷ bare PEFT loop, steps/s, MiniLM LoRA r=8, analysis off",
-                     loop["ratio_ours_over_bare_steps_per_s"][wall], 0.97),
+                     loop["ratio_ours_over_bare_steps_per_s"][wall], loop["target"]),
             at_least("the same with spectra + alignment at the default cadence",
-                     loop["ratio_ours_analysis_over_bare_steps_per_s"][wall], 0.85,
+                     loop["ratio_ours_analysis_over_bare_steps_per_s"][wall], loop["target_analysis"],
                      note=f"{loop['ratio_ours_analysis_over_ours_steps_per_s'][wall]:.2f} of ours without"),
-            Target("DoRA ÷ LoRA step time, our loop ÷ bare loop", loop["dora_agreement_ours_over_bare"][wall],
-                   "0.90–1.10", 0.9 <= loop["dora_agreement_ours_over_bare"][wall] <= 1.1,
+            Target("DoRA ÷ LoRA step time, our loop ÷ bare loop", agreement, f"{low:.2f}–{high:.2f}",
+                   low <= agreement <= high,
                    note=f"DoRA costs {loop['dora_over_lora_time_ours'][wall]:.2f}× LoRA in ours, "
                         f"{loop['dora_over_lora_time_bare'][wall]:.2f}× in bare"),
         ]
     if cost := results.get("methods_cost"):
+        goals = cost["targets"]
         rows = {row["method"]: row for row in cost["rows"] if "error" not in row}
         failed = [row["method"] for row in cost["rows"] if "error" in row]
-        if "lora-pro" in rows:
-            found += [at_most("LoRA-Pro step time ÷ LoRA", rows["lora-pro"]["step_x_lora"], 1.3, unit="×"),
-                      at_most("LoRA-Pro peak memory ÷ LoRA", rows["lora-pro"]["mem_x_lora"], 1.5, unit="×")]
+        for method, goal in goals.items():
+            if method in rows:
+                found += [at_most(f"{method} step time ÷ LoRA", rows[method]["step_x_lora"], goal["step"], unit="×"),
+                          at_most(f"{method} peak memory ÷ LoRA", rows[method]["mem_x_lora"], goal["memory"],
+                                  unit="×")]
         found.append(Target("methods that trained", len(rows), f"all {len(cost['rows'])}", not failed,
                             note=f"failed: {', '.join(failed)}" if failed else ""))
         found.append(at_most("LoRA-GA initialisation ÷ 10 LoRA steps", cost["lora_ga_init_s"] / cost["ten_lora_steps_s"],
-                             1.0, unit="×", note=f"{cost['lora_ga_init_s']:.2f} s vs {cost['ten_lora_steps_s']:.2f} s"))
+                             goals["lora_ga_init_over_ten_steps"], unit="×",
+                             note=f"{cost['lora_ga_init_s']:.2f} s vs {cost['ten_lora_steps_s']:.2f} s"))
     if spectrum := results.get("spectrum_speed"):
-        found.append(at_least("factored ÷ dense spectrum, 4096×4096 rank 16, speed-up", spectrum["speedup"], 50,
-                              unit="×", note=f"{spectrum['factored_s'] * 1e3:.2f} ms vs {spectrum['dense_s']:.2f} s"))
+        found.append(at_least(f"factored ÷ dense spectrum, {spectrum['size']}×{spectrum['size']} rank "
+                              f"{spectrum['rank']}, speed-up", spectrum["speedup"], spectrum["target"], unit="×",
+                              note=f"{spectrum['factored_s'] * 1e3:.2f} ms vs {spectrum['dense_s']:.2f} s"))
     if submit := results.get("submit_latency"):
-        for model, label in (("toy", "toy"), ("minilm", "MiniLM")):
-            if model in submit["results"]:
-                r = submit["results"][model]
-                found.append(at_most(f"submit → first logged loss, {label} (after the app's start-up preload)",
-                                     r["first_click_s"], r["target_s"], unit=" s",
-                                     note=f"submitted the instant the app starts: {r['immediate_s']:.2f} s; "
-                                          f"next job {r['next_job_s']:.2f} s"))
+        for model, r in submit["results"].items():
+            found.append(at_most(f"submit → first logged loss, {model} (after the app's start-up preload)",
+                                 r["first_click_s"], r["target_s"], unit=" s",
+                                 note=f"submitted the instant the app starts: {r['immediate_s']:.2f} s; "
+                                      f"next job {r['next_job_s']:.2f} s"))
     if render := results.get("compare_render"):
-        found.append(at_most("Compare page rerun, 12 runs × 1000 points", render["worst_median_s"], 1.0, unit=" s",
+        found.append(at_most(f"Compare page rerun, {render['runs']} runs × {render['points_per_run']} points",
+                             render["worst_median_s"], render["target_s"], unit=" s",
                              note=f"first render, imports included: "
                                   f"{max(r['first_s'] for r in render['layouts'].values()):.2f} s"))
     return found
 
 
 def markdown(found: list[Target], results: dict, info: dict, quick: bool) -> str:
-    where = info.get("gpu") or f"{info['cpu']}, {info['cpu_count']} cores"
-    lines = [f"Measured {info['timestamp'][:10]} at commit {info['commit']} on {where}, {info['memory_gib']} GiB, "
-             f"{info['device']}, torch {info['torch']}, transformers {info['transformers']}, peft {info['peft']}; "
+    where = f"{info['cpu']}, {info['cpu_count']} cores, {info['memory_gib']} GiB"
+    if info.get("gpu"):
+        where = f"{info['gpu']} (CUDA {info['cuda']}) with {where} of host memory"
+    lines = [f"Measured {info['timestamp'][:10]} at commit {info['commit']} on {where}, device {info['device']}, "
+             f"torch {info['torch']}, transformers {info['transformers']}, peft {info['peft']}; "
              f"load average {info['load_avg_1min']:.1f} at the start{' (--quick)' if quick else ''}.", "",
              "| target | measured | goal | met | note |", "|---|---:|---:|:---:|---|",
              *(target.row() for target in found)]
     if cost := results.get("methods_cost"):
-        lines += ["", "| method | ms/step | × LoRA | peak MB | × LoRA | trainable |", "|---|---:|---:|---:|---:|---:|"]
-        for row in cost["rows"]:
-            if "error" in row:
-                lines.append(f"| {row['method']} | failed: {row['error']} | | | | |")
-            else:
-                lines.append(f"| {row['method']} | {row['ms_per_step']:.0f} | {row['step_x_lora']:.2f} | "
-                             f"{row['peak_mem_mb']:.0f} | {row['mem_x_lora']:.2f} | {row['trainable_params']:,} |")
+        lines += ["", *method_table(cost["rows"])]
     return "\n".join(lines) + "\n"
 
 
@@ -152,6 +156,7 @@ def main() -> None:
             parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from {', '.join(chosen)}")
         chosen = {name: argv for name, argv in chosen.items() if name in args.only.split(",")}
     folder = Path(args.results or ROOT / "benchmarks" / "results" / ("" if args.device == "cpu" else args.device))
+    folder = folder.resolve()  # the benchmarks run from the repository root
     folder.mkdir(parents=True, exist_ok=True)
     info = machine(args.device)
 
@@ -162,10 +167,12 @@ def main() -> None:
         done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *argv], cwd=ROOT,
                               env={**os.environ, "BENCH_RESULTS": str(folder)})
         print(f"=== {name}: {time.perf_counter() - tick:.0f} s, exit {done.returncode}", flush=True)
-        if done.returncode != 0:
-            failures.append(name)
-            continue
-        results[name] = json.loads((folder / f"{name}.json").read_text())
+        try:
+            if done.returncode != 0:
+                raise ValueError(f"exit {done.returncode}")
+            results[name] = json.loads((folder / f"{name}.json").read_text())
+        except (OSError, ValueError) as error:
+            failures.append(f"{name} ({error})")
 
     found = targets(results)
     table = markdown(found, results, info, args.quick)
@@ -175,7 +182,9 @@ def main() -> None:
     (folder / "summary.json").write_text(json.dumps({"machine": info, "quick": args.quick, "failed": failures,
                                                      "targets": [asdict(target) for target in found]}, indent=2))
     print("\n" + table + f"\nwrote {folder / 'summary.md'} and summary.json")
-    if args.readme:
+    if args.readme and failures:
+        print("README.md left as it was: a table with failed benchmarks would replace a complete one", file=sys.stderr)
+    elif args.readme:
         update_readme(ROOT / "README.md", args.device, table)
     missed = [target.what for target in found if not target.met]
     if missed or failures:

@@ -246,7 +246,7 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
         summary.update(trainable_params=trainable, total_params=total,
                        eval_metric_name=task.metric_name, device=str(device))
         run.write_summary(summary)
-        status("training")
+        build_status("training")  # the last moment a stop still means "before training"
         spectra = alignment = None
         if config.analysis_every:
             spectra = Spectra(setup, w0, getattr(task, "target_delta", None), run)

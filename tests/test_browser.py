@@ -215,39 +215,58 @@ QUEUE_ROWS = """(() => [...document.querySelectorAll('[data-testid="stMarkdownCo
     .map(e => e.innerText).filter(t => / · seed \\d · (alice|bob) /.test(t)))()"""
 
 
+def ours(runs: Path) -> dict:
+    """(label, seed) -> (config, summary) of the runs the two sessions started."""
+    found = {}
+    for path in runs.iterdir():
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+        if config.get("name") in ("alice", "bob"):
+            found[config["name"], config["seed"]] = (path, config, json.loads((path / "summary.json").read_text()))
+    return found
+
+
+def click_in_row(page, row_text: str, button: str) -> None:
+    """Click a button in the Queue row whose text matches (the row is one st.columns block)."""
+    page.locator("[data-testid='stHorizontalBlock']", has_text=re.compile(row_text)).get_by_role(
+        "button", name=button).click()
+
+
 def test_two_browser_sessions_share_one_queue_and_stop_only_their_own_job(app, browser):
-    """Two browsers (two sessions) queue three jobs each on one server: each sees all six; a cancel in
-    one stops only that job; every other run finishes with its own steps and nothing of the other's."""
+    """Two browsers (two sessions) queue three jobs each on one server: each sees all six, also a
+    session whose queue had gone idle; a cancel and stops in one session end only those jobs; every
+    run keeps its own steps and nothing of the other's."""
     url, runs = app
     alice, bob = new_page(browser), new_page(browser)
     try:
         start_sweep_of_seeds(alice, url, "alice", 300)
-        start_sweep_of_seeds(bob, url, "bob", 1000)  # long enough that bob's last job is still queued
-        row = bob.locator("[data-testid='stHorizontalBlock']", has_text=re.compile(r"seed 2 · bob .*queued"))
-        row.get_by_role("button", name="Cancel").click()  # bob's last job, still behind alice's three
+        alice.wait_for_function(f"() => {QUEUE_ROWS}.filter(t => t.includes('completed')).length == 3")
+        start_sweep_of_seeds(bob, url, "bob", 20000)  # far longer than the test: bob's jobs end only by his clicks
+        alice.wait_for_function(f"() => {QUEUE_ROWS}.length == 6", timeout=15_000)  # her idle queue's timer
+        click_in_row(bob, r"seed 2 · bob .*queued", "Cancel")  # behind seed 0 (running) and seed 1
         bob.get_by_text(re.compile(r"seed 2 · bob .*cancelled")).first.wait_for()
-        for page in (alice, bob):  # each session's live queue lists all six, its own and the other's
-            page.wait_for_function(f"() => {QUEUE_ROWS}.length == 6")
-            assert sum("alice" in line for line in page.evaluate(f"() => {QUEUE_ROWS}")) == 3
-        deadline = time.monotonic() + 120
-        while True:
-            ours = [p for p in runs.iterdir() if (p / "config.json").exists()
-                    and json.loads((p / "config.json").read_text()).get("name") in ("alice", "bob")]
-            summaries = [json.loads((p / "summary.json").read_text()) for p in ours]
-            if len(ours) == 5 and all(s["status"] == "completed" for s in summaries):
-                break
-            assert time.monotonic() < deadline, [(p.name, s["status"]) for p, s in zip(ours, summaries)]
-            time.sleep(0.5)
-        for path in ours:
-            config = json.loads((path / "config.json").read_text())
-            steps = [json.loads(line)["step"] for line in (path / "metrics.jsonl").read_text().splitlines()
-                     if '"loss"' in line]
-            assert steps == list(range(1, config["steps"] + 1)), (config["name"], len(steps))
-        by_label = sorted((json.loads((p / "config.json").read_text())["name"],
-                           json.loads((p / "config.json").read_text())["seed"]) for p in ours)
-        assert by_label == [("alice", 0), ("alice", 1), ("alice", 2), ("bob", 0), ("bob", 1)]
+        bob.get_by_text(re.compile(r"seed 0 · bob .*running")).first.wait_for()
+        time.sleep(1)  # a few steps
+        click_in_row(bob, r"seed 0 · bob .*running", "Stop")
+        bob.get_by_text(re.compile(r"seed 1 · bob .*running")).first.wait_for()  # the next job was not stopped
+        time.sleep(1)
+        click_in_row(bob, r"seed 1 · bob .*running", "Stop")
+        for page in (alice, bob):  # each session's queue lists all six, its own and the other's
+            page.wait_for_function(f"() => {QUEUE_ROWS}.filter(t => /completed|stopped|cancelled/.test(t)).length == 6")
         alice.get_by_role("heading", name="Queue").scroll_into_view_if_needed()
         shot(alice, "6-two-sessions")
+
+        deadline = time.monotonic() + 30
+        while {summary["status"] for *_, summary in ours(runs).values()} - {"completed", "stopped"}:
+            assert time.monotonic() < deadline, ours(runs)
+            time.sleep(0.5)
+        found = ours(runs)
+        assert sorted(found) == [("alice", 0), ("alice", 1), ("alice", 2), ("bob", 0), ("bob", 1)]  # seed 2: none
+        for (label, _), (path, config, summary) in found.items():
+            assert summary["status"] == ("completed" if label == "alice" else "stopped")
+            assert 0 < summary["steps_done"] <= config["steps"] == (300 if label == "alice" else 20000)
+            steps = [json.loads(line)["step"] for line in (path / "metrics.jsonl").read_text().splitlines()
+                     if '"loss"' in line]
+            assert steps == list(range(1, summary["steps_done"] + 1)), (label, len(steps))
     except Exception:
         shot(alice, "failure-alice")
         shot(bob, "failure-bob")

@@ -181,6 +181,16 @@ def test_a_stop_during_the_build_ends_the_run_before_training(runs_dir, monkeypa
         crossrun.final_weights(run.path)
 
 
+def test_a_stop_that_lands_as_the_build_ends_still_means_before_training(runs_dir):
+    """A model load reports no progress (MiniLM): a stop during it is seen when training would start."""
+    stop = threading.Event()
+    run = lx.train(lx.RunConfig(model="toy", method="lora", steps=50), runs_dir, stop_event=stop,
+                   on_status=lambda text: stop.set() if text == "training" else None)
+    summary = run.summary()
+    assert summary["status"] == "stopped" and summary["steps_done"] == 0 and "before training" in summary["error"]
+    assert not (run.path / "adapter").exists() and run.spectra() == [] and run.metrics() == []
+
+
 def test_truncated_last_metrics_line_is_skipped(runs_dir):
     run = lx.train(lx.RunConfig(model="toy", method="lora", steps=5), runs_dir)
     with open(run.path / "metrics.jsonl", "a") as handle:
