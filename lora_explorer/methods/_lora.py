@@ -109,15 +109,20 @@ def _grad(param: torch.Tensor) -> torch.Tensor:
     return param.grad if param.grad is not None else torch.zeros_like(param)
 
 
+def equivalent_grad(A, B, gA, gB, s: float, ratio: float = 1.0) -> torch.Tensor:
+    """g~ = s·(B·g_A + ratio·g_B·A): what one SGD step on (A, B), with B's lr `ratio` times A's
+    (LoRA+), does to s·B·A, to first order (m x n)."""
+    return s * (B @ gA + ratio * gB @ A)
+
+
 def equivalent_gradients(model, ratio: float = 1.0, factor: float = 1.0) -> dict:
-    """g~ = factor·s·(B·g_A + ratio·g_B·A) per adapted layer: what one SGD step on (A, B), with B's
-    lr `ratio` times A's (LoRA+), does to s·B·A, to first order. The grads are the Parameters'
-    .grad, so layers sharing A and B (LoRA-drop) see the sum over the layers that share them."""
+    """factor × equivalent_grad per adapted layer. The grads are the Parameters' .grad, so layers
+    sharing A and B (LoRA-drop) see the sum over the layers that share them."""
     grads = {}
     for name, layer in adapted_layers(model).items():
         A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
         s = layer.scaling["default"]
-        grads[name] = (factor * s) * (B.detach() @ _grad(A) + ratio * _grad(B) @ A.detach()).float()
+        grads[name] = factor * equivalent_grad(A.detach(), B.detach(), _grad(A), _grad(B), s, ratio).float()
     return grads
 
 

@@ -123,11 +123,6 @@ def sylvester_x(A, B, gA, s, damping=DAMPING):
     return point.sylvester_x(point.rotated_a(gA, s)).to(gA.dtype)
 
 
-def equivalent_grad(A, B, gA, gB, s):
-    """g~ = s B g_A + s g_B A (m x n)."""
-    return s * (B @ gA + gB @ A)
-
-
 def solve_sylvester(P, Q, C):
     """X with P X + X Q = C, for symmetric positive definite P and Q, by eigendecomposition:
     P = U diag(p) U^T, Q = V diag(q) V^T, so (U^T X V)_ij = (U^T C V)_ij / (p_i + q_j)."""
