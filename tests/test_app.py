@@ -305,6 +305,7 @@ BAD_UPLOADS = [  # (model, file name, bytes, the error's words)
     ("minilm", "latin1.csv", "text,label\ncaf\u00e9 cr\u00e8me,pos\n".encode("latin-1"), "not valid UTF-8"),
     ("minilm", "utf16.csv", "text,label\nhello,pos\n".encode("utf-16"), "looks binary"),
     ("minilm", "huge.csv", LABELLED * 4, "the limit is"),  # MAX_BYTES is lowered for this case
+    ("minilm", "many.csv", LABELLED, "more than 5 rows"),  # and MAX_ROWS for this one
     ("minilm", "nolabel.csv", b"text\na\nb\nc\nd\n", "no 'label' column"),
     ("minilm", "renamed.csv", b"sentence,label\na,1\nb,0\nc,1\nd,0\n", "no 'text' column"),
     ("minilm", "ragged.csv", b"text,label\na,1\nb,0,extra\n", "line 3 has 3 fields"),
@@ -320,8 +321,8 @@ BAD_UPLOADS = [  # (model, file name, bytes, the error's words)
 @pytest.mark.parametrize("model, name, data, message", BAD_UPLOADS, ids=[case[1] for case in BAD_UPLOADS])
 def test_a_bad_upload_shows_one_error_saves_nothing_and_cannot_start(app_runs, monkeypatch, model, name, data,
                                                                       message):
-    if name == "huge.csv":
-        monkeypatch.setattr(data_files, "MAX_BYTES", len(LABELLED) * 2)
+    monkeypatch.setattr(data_files, "MAX_BYTES", len(LABELLED) * 2 if name == "huge.csv" else data_files.MAX_BYTES)
+    monkeypatch.setattr(data_files, "MAX_ROWS", 5 if name == "many.csv" else data_files.MAX_ROWS)
     at = upload(train_page(), model, name, data)
     assert len(at.error) == 1 and message in at.error[0].value and name in at.error[0].value, \
         [error.value for error in at.error]
