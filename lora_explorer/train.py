@@ -355,6 +355,9 @@ def _loop(config, run, setup, task, device, summary, stop_event, on_record, memo
             last_summary = time.perf_counter()
             run.write_summary({**summary, "steps_done": step, "final_loss": last_loss})
 
+    if status == "stopped" and step > 0 and hooks.on_stop:
+        hooks.on_stop()
+        last_eval = {}  # the model may have changed since its last evaluation
     if step > 0 and last_eval.get("step") != step:
         last_eval = {"step": step, **evaluate(step)}  # a stopped run still gets its final evaluation
     if spectra and step > 0 and spectra.last_step != step:

@@ -1,5 +1,6 @@
 """VeRA, AdaLoRA, Delta-LoRA and LoRA-drop: each checked against what its paper says it does."""
 import json
+import threading
 
 import pytest
 import torch
@@ -54,6 +55,17 @@ def test_adalora_prunes_from_the_initial_budget_to_the_target_on_schedule(runs_d
     assert all(sum(r["ranks"].values()) == 2 * 4 for r in final_phase)  # budget reached by T - tfinal
     assert sum(records[-1]["ranks"].values()) == 8 and len(set(records[-1]["ranks"].values())) > 1
     assert abs(lx.evaluate_run(run.path)["eval_loss"] - run.summary()["final_eval_loss"]) < 1e-4
+
+
+def test_a_stopped_adalora_run_between_masking_steps_evaluates_the_model_it_saves(runs_dir):
+    """With ΔT > 1 the optimizer regrows pruned λ between PEFT's masking steps, and the saved rank
+    pattern drops them on load: a stop there masks them first, so evaluate_run reproduces the run."""
+    stop = threading.Event()
+    run = lx.train(lx.RunConfig(model="toy", method="adalora", steps=200, method_params={"delta_t": 10}), runs_dir,
+                   stop_event=stop, on_record=lambda r: stop.set() if r.get("step") == 43 and "loss" in r else None)
+    summary = run.summary()
+    assert summary["status"] == "stopped" and summary["steps_done"] == 43  # pruning runs over steps 20-160
+    assert abs(lx.evaluate_run(run.path)["eval_loss"] - summary["final_eval_loss"]) < 1e-6
 
 
 def test_adalora_regularizer_is_peft_orthogonality_penalty():

@@ -90,7 +90,15 @@ def build(ctx):
                              right=(layer.lora_A["default"] * layer.lora_E["default"]).detach())
                 for name, layer in _lora.adapted_layers(model).items()}
 
-    return Setup(model, _lora.adamw(model, ctx), Hooks(regularizer=orthogonality, after_optimizer_step=allocate),
+    def mask_as_saved():
+        """Between PEFT's masking steps (every ΔT) the optimizer regrows pruned λ a little; the saved
+        rank pattern drops them on load, so a stopped run drops them now, before its final evaluation."""
+        rank_pattern = model.peft_config["default"].rank_pattern
+        if rank_pattern:
+            model.base_model.rankallocator.mask_using_rank_pattern(model.base_model.model, rank_pattern)
+
+    return Setup(model, _lora.adamw(model, ctx),
+                 Hooks(regularizer=orthogonality, after_optimizer_step=allocate, on_stop=mask_as_saved),
                  updates=updates)
 
 

@@ -74,6 +74,9 @@ class Hooks:
     regularizer: Callable[[], torch.Tensor] | None = None  # added to the task loss (e.g. AdaLoRA's orthogonality)
     before_optimizer_step: Callable[[int], None] | None = None
     after_optimizer_step: Callable[[int], None] | None = None
+    # once, when a stop ends training early, before the final evaluation and the save: puts the model in
+    # the state its saved form loads as (AdaLoRA: the pruning mask, which it re-applies only every ΔT steps)
+    on_stop: Callable[[], None] | None = None
 
 
 @dataclass
