@@ -1,5 +1,6 @@
-"""A server killed with SIGKILL in the middle of a run, then the app started again: the app stays up,
-the run directory is consistent, and the killed run lists as interrupted on every page."""
+"""Faults through the app: a job whose step raises or whose loss goes NaN shows why and the app goes
+on; a server killed with SIGKILL in the middle of a run, then started again: the app stays up, the run
+directory is consistent, and the killed run lists as interrupted on every page."""
 import json
 import os
 import signal
@@ -10,7 +11,9 @@ from pathlib import Path
 
 from conftest import run_dirs
 from lora_explorer import store
-from test_app import train_page
+import pytest
+from test_app import progress, run_until, start, train_page
+from test_runs import _patched_loss
 from test_insight import open_page
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,3 +56,23 @@ def test_sigkill_mid_run_then_restart(app_runs):
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
     compare = open_page("pages/4_Compare.py", {"run": run.name})
     assert not compare.exception
+
+
+@pytest.mark.parametrize("fault, status, message", [("raise", "failed", "RuntimeError: injected failure"),
+                                                    ("nan", "diverged", "step 5")])
+def test_a_job_that_fails_mid_step_shows_why_and_the_app_goes_on(app_runs, fault, status, message):
+    at = train_page()
+    with pytest.MonkeyPatch.context() as patch:
+        _patched_loss(patch, 5, fault)  # the 5th training step raises, or its loss is NaN
+        start(at, 30)
+        run_until(at, lambda at: progress(at).startswith(status), what=f"the job to end {status}")
+    assert len(at.error) == 1 and message in at.error[0].value and "Traceback" not in at.error[0].value
+    (run,) = run_dirs(app_runs)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == status and summary["steps_done"] == 4 and not (run / "adapter").exists()
+    assert [r["step"] for r in store.read_metrics(run / "metrics.jsonl") if r.get("loss") is not None] == [1, 2, 3, 4]
+
+    start(at, 10)  # the same app, the next job: it trains normally
+    run_until(at, lambda at: progress(at).startswith("completed"), what="the next job to complete")
+    assert not at.error
+    assert sorted(store.Run(path).summary()["status"] for path in run_dirs(app_runs)) == sorted(["completed", status])
