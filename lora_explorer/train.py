@@ -253,6 +253,8 @@ def train(config: RunConfig, runs_dir: str | os.PathLike | None = None, *,
             alignment = Alignment(setup, w0, config.method_params.get("rank"), config.analysis_every, run)
         summary.update(_loop(config, run, setup, task, device, summary, stop_event, on_record, memory,
                              spectra, alignment))
+        if summary["status"] == "stopped" and summary["steps_done"] == 0:
+            raise _StoppedBeforeTraining  # between the build and the first step: nothing trained to save
         if summary["status"] in ("completed", "stopped"):
             method.save(setup.model, run.path)
     except _StoppedBeforeTraining:
@@ -347,17 +349,20 @@ def _loop(config, run, setup, task, device, summary, stop_event, on_record, memo
             if task.kind == models.LM:
                 record["tokens"] = examples
             emit(record)
-        if step % config.eval_every == 0 or step == config.steps:
+        # a stop asked for by now ends the run after this step: its evaluation and spectrum come after on_stop
+        stopping = stop_event is not None and stop_event.is_set()
+        if (step % config.eval_every == 0 or step == config.steps) and not stopping:
             last_eval = {"step": step, **evaluate(step)}
-        if spectra and (step % config.analysis_every == 0 or step == config.steps):
+        if spectra and (step % config.analysis_every == 0 or step == config.steps) and not stopping:
             spectra.record(step)
         if time.perf_counter() - last_summary > SUMMARY_EVERY_S:
             last_summary = time.perf_counter()
             run.write_summary({**summary, "steps_done": step, "final_loss": last_loss})
 
-    if status == "stopped" and step > 0 and hooks.on_stop:
-        hooks.on_stop()
-        last_eval = {}  # the model may have changed since its last evaluation
+    if status == "stopped" and step > 0 and hooks.on_stop and hooks.on_stop():
+        last_eval = {}  # the model changed since its last evaluation and spectrum
+        if spectra:
+            spectra.last_step = None
     if step > 0 and last_eval.get("step") != step:
         last_eval = {"step": step, **evaluate(step)}  # a stopped run still gets its final evaluation
     if spectra and step > 0 and spectra.last_step != step:

@@ -69,3 +69,23 @@ def run_dirs(root):
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def patched_loss(monkeypatch, fail_at: int, result: str) -> None:
+    """The toy teacher task's loss, with call number `fail_at` raising ("raise") or multiplied by
+    float(result) ("nan", "inf"): a fault injected mid-step."""
+    from lora_explorer import tasks
+
+    calls = {"n": 0}
+    original = tasks.TeacherTask.loss
+
+    def loss(self, model, batch):
+        calls["n"] += 1
+        value, seen = original(self, model, batch)
+        if calls["n"] == fail_at:
+            if result == "raise":
+                raise RuntimeError("injected failure\nsecond line")
+            return value * float(result), seen
+        return value, seen
+
+    monkeypatch.setattr(tasks.TeacherTask, "loss", loss)

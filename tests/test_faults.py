@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import run_dirs
-from lora_explorer import store
 import pytest
+
+from conftest import patched_loss, run_dirs
+from lora_explorer import store
 from test_app import progress, run_until, start, train_page
-from test_runs import _patched_loss
 from test_insight import open_page
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,11 +59,11 @@ def test_sigkill_mid_run_then_restart(app_runs):
 
 
 @pytest.mark.parametrize("fault, status, message", [("raise", "failed", "RuntimeError: injected failure"),
-                                                    ("nan", "diverged", "step 5")])
+                                                    ("nan", "diverged", "loss became nan at step 5")])
 def test_a_job_that_fails_mid_step_shows_why_and_the_app_goes_on(app_runs, fault, status, message):
     at = train_page()
     with pytest.MonkeyPatch.context() as patch:
-        _patched_loss(patch, 5, fault)  # the 5th training step raises, or its loss is NaN
+        patched_loss(patch, 5, fault)  # the 5th training step raises, or its loss is NaN
         start(at, 30)
         run_until(at, lambda at: progress(at).startswith(status), what=f"the job to end {status}")
     assert len(at.error) == 1 and message in at.error[0].value and "Traceback" not in at.error[0].value

@@ -55,6 +55,7 @@ def test_equivalent_gradient_is_the_tangent_space_projection_of_g(solve_x):
     # the default (small relative) damping changes this only slightly
     damped = _lora.equivalent_grad(A, B, *lp.adjusted_grads(A, B, gA, gB, S, solve_x=solve_x), S)
     assert rel(damped, target) < 1e-4
+    assert rel(lp._points([(A, B)])[0].equivalent(new_gA, new_gB, S), tilde) < 1e-12  # the optimizer's fused form
 
 
 def test_x_solves_the_sylvester_equation_and_keeps_closest_to_the_lora_grads():

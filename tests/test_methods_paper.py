@@ -61,11 +61,21 @@ def test_a_stopped_adalora_run_between_masking_steps_evaluates_the_model_it_save
     """With ΔT > 1 the optimizer regrows pruned λ between PEFT's masking steps, and the saved rank
     pattern drops them on load: a stop there masks them first, so evaluate_run reproduces the run."""
     stop = threading.Event()
-    run = lx.train(lx.RunConfig(model="toy", method="adalora", steps=200, method_params={"delta_t": 10}), runs_dir,
-                   stop_event=stop, on_record=lambda r: stop.set() if r.get("step") == 43 and "loss" in r else None)
+    run = lx.train(lx.RunConfig(model="toy", method="adalora", steps=200, device="cpu", eval_every=43,
+                                analysis_every=43, method_params={"delta_t": 10}), runs_dir, stop_event=stop,
+                   on_record=lambda r: stop.set() if r.get("step") == 43 and "loss" in r else None)
     summary = run.summary()
     assert summary["status"] == "stopped" and summary["steps_done"] == 43  # pruning runs over steps 20-160
     assert abs(lx.evaluate_run(run.path)["eval_loss"] - summary["final_eval_loss"]) < 1e-6
+    assert [r["step"] for r in run.metrics() if "eval_loss" in r] == [43]  # one evaluation, after the mask
+    # the last logged ranks and the last spectrum are those of the saved model, not of the regrown λ
+    ranks = [json.loads(line) for line in (run.path / adalora.RANKS_FILE).read_text().splitlines()]
+    saved = json.loads((run.path / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
+    kept = {key.split(".lora_E")[0].removeprefix("model."): sum(mask) for key, mask in saved.items()}
+    assert ranks[-1]["step"] == 43 and ranks[-1]["ranks"] == kept and min(kept.values()) < 12
+    assert all(max(r["ranks"].values()) <= 12 for r in ranks)
+    last = {r["layer"]: r["numerical_rank"] for r in run.spectra() if r["step"] == 43}
+    assert last == kept and [r["step"] for r in run.spectra()].count(43) == len(kept)
 
 
 def test_adalora_regularizer_is_peft_orthogonality_penalty():

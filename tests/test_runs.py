@@ -11,8 +11,8 @@ import time
 import pytest
 
 import lora_explorer as lx
-from lora_explorer import store, tasks
-from conftest import run_dirs
+from lora_explorer import store
+from conftest import patched_loss, run_dirs
 
 SUMMARY_KEYS = {"status", "steps_done", "final_loss", "final_eval_loss", "eval_metric_name", "final_eval_metric",
                 "trainable_params", "total_params", "sec_per_step", "peak_mem_mb"}
@@ -61,24 +61,8 @@ def test_toy_target_update_has_the_chosen_rank(runs_dir):
         assert ranks == expected
 
 
-def _patched_loss(monkeypatch, fail_at, result):
-    calls = {"n": 0}
-    original = tasks.TeacherTask.loss
-
-    def loss(self, model, batch):
-        calls["n"] += 1
-        value, seen = original(self, model, batch)
-        if calls["n"] == fail_at:
-            if result == "raise":
-                raise RuntimeError("injected failure\nsecond line")
-            return value * float(result), seen
-        return value, seen
-
-    monkeypatch.setattr(tasks.TeacherTask, "loss", loss)
-
-
 def test_exception_mid_training_marks_the_run_failed_and_keeps_files_readable(runs_dir, monkeypatch):
-    _patched_loss(monkeypatch, 4, "raise")
+    patched_loss(monkeypatch, 4, "raise")
     run = lx.train(lx.RunConfig(model="toy", method="lora", steps=10), runs_dir)
     summary = json.loads((run.path / "summary.json").read_text())
     assert summary["status"] == "failed"
@@ -89,7 +73,7 @@ def test_exception_mid_training_marks_the_run_failed_and_keeps_files_readable(ru
 
 @pytest.mark.parametrize("bad", ["nan", "inf"])
 def test_non_finite_loss_stops_the_run_as_diverged(runs_dir, monkeypatch, bad):
-    _patched_loss(monkeypatch, 5, bad)
+    patched_loss(monkeypatch, 5, bad)
     run = lx.train(lx.RunConfig(model="toy", method="lora", steps=10), runs_dir)
     summary = json.loads((run.path / "summary.json").read_text())  # strict JSON: no NaN written
     assert summary["status"] == "diverged" and summary["steps_done"] == 4
@@ -189,6 +173,23 @@ def test_a_stop_that_lands_as_the_build_ends_still_means_before_training(runs_di
     summary = run.summary()
     assert summary["status"] == "stopped" and summary["steps_done"] == 0 and "before training" in summary["error"]
     assert not (run.path / "adapter").exists() and run.spectra() == [] and run.metrics() == []
+
+
+def test_a_stop_before_the_first_step_saves_nothing(runs_dir, monkeypatch):
+    """The last gap: a stop that lands after the build, while step 0's spectrum is measured."""
+    from lora_explorer.train import Spectra
+
+    stop, original = threading.Event(), Spectra.record
+
+    def record(self, step):
+        original(self, step)
+        stop.set()
+
+    monkeypatch.setattr(Spectra, "record", record)
+    run = lx.train(lx.RunConfig(model="toy", method="lora", steps=50), runs_dir, stop_event=stop)
+    summary = run.summary()
+    assert summary["status"] == "stopped" and summary["steps_done"] == 0 and "before training" in summary["error"]
+    assert not (run.path / "adapter").exists() and run.metrics() == []
 
 
 def test_truncated_last_metrics_line_is_skipped(runs_dir):

@@ -122,7 +122,7 @@ def equivalent_gradients(model, ratio: float = 1.0, factor: float = 1.0) -> dict
     for name, layer in adapted_layers(model).items():
         A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
         s = layer.scaling["default"]
-        grads[name] = factor * equivalent_grad(A.detach(), B.detach(), _grad(A), _grad(B), s, ratio).float()
+        grads[name] = equivalent_grad(A.detach(), B.detach(), _grad(A), _grad(B), factor * s, ratio).float()
     return grads
 
 

@@ -4,7 +4,8 @@ budget schedule prunes the least important λ from `rank` per layer down to `fin
 PEFT adds the penalty only to a loss computed inside the model, and our tasks compute the loss
 outside it, so the same penalty is a regularizer hook here. update_and_allocate needs the gradients,
 so it runs after the optimizer step and before zero_grad. The rank each layer keeps is written to
-adalora_ranks.jsonl whenever it changes.
+adalora_ranks.jsonl whenever PEFT masks to a new pattern: between masking steps (every ΔT) the
+optimizer regrows pruned λ a little, which the saved rank pattern drops again on load.
 """
 import json
 from pathlib import Path
@@ -62,7 +63,14 @@ def build(ctx):
     # (is it Q?, parameter) for every factor: Q = lora_A (r x in), P = lora_B (out x r)
     factors = [("lora_A" in name, param) for name, param in model.named_parameters()
                if "lora_A" in name or "lora_B" in name]
-    record = {"last": None}
+    record = {"last": None, "pattern": None, "step": 0}
+
+    def log_ranks(always: bool = False):
+        ranks = active_ranks(model)  # exact right after a mask
+        if (always or ranks != record["last"]) and ctx.run_dir is not None:
+            with open(Path(ctx.run_dir) / RANKS_FILE, "a") as handle:
+                handle.write(json.dumps({"step": record["step"], "ranks": ranks}) + "\n")
+        record["last"] = ranks
 
     def orthogonality():
         # PEFT's penalty: mean over P and Q of ‖QQᵀ − I‖_F and ‖PᵀP − I‖_F (unsquared)
@@ -74,12 +82,11 @@ def build(ctx):
 
     def allocate(step):
         model.base_model.update_and_allocate(step)
-        ranks = active_ranks(model)
-        if ranks != record["last"] or step == ctx.steps:
-            record["last"] = ranks
-            if ctx.run_dir is not None:
-                with open(Path(ctx.run_dir) / RANKS_FILE, "a") as handle:
-                    handle.write(json.dumps({"step": step, "ranks": ranks}) + "\n")
+        pattern = model.peft_config["default"].rank_pattern  # a new dict each time PEFT masks to a new budget
+        record["step"] = step
+        if step in (1, ctx.steps) or pattern is not record["pattern"]:  # the first and last step: the chart's ends
+            record["pattern"] = pattern
+            log_ranks(always=step == ctx.steps)
 
     def updates():
         """ΔW = P·diag(λ)·Q · alpha/init_r (PEFT's fixed ranknum), pruned λ being zero."""
@@ -90,12 +97,18 @@ def build(ctx):
                              right=(layer.lora_A["default"] * layer.lora_E["default"]).detach())
                 for name, layer in _lora.adapted_layers(model).items()}
 
-    def mask_as_saved():
-        """Between PEFT's masking steps (every ΔT) the optimizer regrows pruned λ a little; the saved
-        rank pattern drops them on load, so a stopped run drops them now, before its final evaluation."""
+    def mask_as_saved() -> bool:
+        """A stopped run drops the regrown λ now, as its saved rank pattern will on load, so that its final
+        evaluation and spectrum are of the model it saves."""
         rank_pattern = model.peft_config["default"].rank_pattern
+        changed = False
         if rank_pattern:
+            before = [layer.lora_E["default"].detach().clone() for layer in _lora.adapted_layers(model).values()]
             model.base_model.rankallocator.mask_using_rank_pattern(model.base_model.model, rank_pattern)
+            after = [layer.lora_E["default"] for layer in _lora.adapted_layers(model).values()]
+            changed = any(not torch.equal(old, new) for old, new in zip(before, after))
+        log_ranks(always=True)  # the chart's end: the ranks the run saves
+        return changed
 
     return Setup(model, _lora.adamw(model, ctx),
                  Hooks(regularizer=orthogonality, after_optimizer_step=allocate, on_stop=mask_as_saved),

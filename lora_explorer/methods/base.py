@@ -66,17 +66,18 @@ class Param:
 
 @dataclass
 class Hooks:
-    """Optional per-step callbacks, called by the loop in this order every step:
+    """Optional callbacks, called by the loop in this order every step:
     loss (+ regularizer()) -> backward -> before_optimizer_step(step) -> optimizer.step()
-    -> after_optimizer_step(step) -> zero_grad.
+    -> after_optimizer_step(step) -> zero_grad; and on_stop() once when a stop ends training early.
     """
 
     regularizer: Callable[[], torch.Tensor] | None = None  # added to the task loss (e.g. AdaLoRA's orthogonality)
     before_optimizer_step: Callable[[int], None] | None = None
     after_optimizer_step: Callable[[int], None] | None = None
-    # once, when a stop ends training early, before the final evaluation and the save: puts the model in
-    # the state its saved form loads as (AdaLoRA: the pruning mask, which it re-applies only every ΔT steps)
-    on_stop: Callable[[], None] | None = None
+    # once, when a stop ends training early, before the last step's evaluation, spectrum and the save: puts
+    # the model in the state its saved form loads as (AdaLoRA: the pruning mask, re-applied only every ΔT
+    # steps); returns whether the model changed
+    on_stop: Callable[[], bool] | None = None
 
 
 @dataclass

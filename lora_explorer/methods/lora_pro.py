@@ -90,7 +90,7 @@ class _Point:
         return self.U @ (rotated_c / (self.lam[:, None] + self.mu[None, :])) @ self.V.mT
 
     def equivalent(self, gA: torch.Tensor, gB: torch.Tensor, s: float) -> torch.Tensor:
-        """g~ = s B g_A + s g_B A: what one SGD step on (A, B) does to s B A, to first order."""
+        """_lora.equivalent_grad, fused: [B g_B] @ [g_A; A] is one m x n matmul instead of two."""
         return torch.cat([self.B, gB], 1) @ torch.cat([gA, self.A], 0) * s  # one m x n matmul, inner dim 2r
 
 
