@@ -1,7 +1,10 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 def pytest_configure(config):
@@ -89,3 +92,15 @@ def patched_loss(monkeypatch, fail_at: int, result: str) -> None:
         return value, seen
 
     monkeypatch.setattr(tasks.TeacherTask, "loss", loss)
+
+
+def open_page(page: str, query_params: dict | None = None, timeout: float = 60):
+    """A page of the app, run once in AppTest (with ?key=value query parameters), checked for exceptions."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    for key, value in (query_params or {}).items():
+        at.query_params[key] = value
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at

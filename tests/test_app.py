@@ -20,20 +20,15 @@ if str(ROOT) not in sys.path:
 
 from lora_explorer import data_files, plots, store, ui  # noqa: E402  (after the path fix)
 from lora_explorer.errors import ConfigError  # noqa: E402
+from conftest import APP, open_page  # noqa: E402
 
-APP = str(ROOT / "app.py")
 TRAIN = "pages/1_Train.py"
 METHODS = {"full", "lora", "lora-plus", "rslora", "dora", "vera", "lora-fa", "lora-drop", "adalora", "delta-lora",
            "lora-ga", "lora-pro"}
 
 
 def train_page(query_params: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=30)
-    for key, value in (query_params or {}).items():
-        at.query_params[key] = value
-    at.switch_page(TRAIN).run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(TRAIN, query_params, timeout=30)
 
 
 def progress(at: AppTest) -> str:

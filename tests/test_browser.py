@@ -102,6 +102,15 @@ def trace_lengths(page) -> list[int]:
     return page.evaluate(f"() => {POINTS}")
 
 
+def type_into(page, field: str, value: str) -> None:
+    """Enter a value in the text or number field with this label, and wait for the rerun it starts."""
+    box = page.get_by_label(field, exact=True)
+    box.fill(value)
+    box.press("Enter")
+    time.sleep(1)  # the rerun starts
+    settle(page)
+
+
 def add_to_multiselect(page, option: str) -> None:
     """Pick an option in the page's multiselect. A rerun still in flight can redraw the widget under
     the click, so check that it took, and try again if not."""
@@ -143,11 +152,7 @@ def journey(page, url, runs):
 
     # a sweep of two methods on the toy model, from the Train page; long enough to stop them
     open_page(page, f"{url}/Train")
-    steps = page.get_by_label("steps", exact=True)
-    steps.fill("20000")
-    steps.press("Enter")
-    time.sleep(1)  # the rerun the new value starts
-    settle(page)
+    type_into(page, "steps", "20000")
     page.get_by_text("Compare methods: launch a sweep").click()
     add_to_multiselect(page, "dora")  # lora is chosen already
     page.get_by_role("button", name="Start sweep").click()
@@ -195,18 +200,10 @@ def journey(page, url, runs):
 def start_sweep_of_seeds(page, url: str, label: str, steps: int) -> None:
     """From the Train page: the toy model's LoRA, three seeds, queued as one sweep under a label."""
     open_page(page, f"{url}/Train")
-    for field, value in (("steps", str(steps)), ("Run label (optional)", label)):
-        box = page.get_by_label(field, exact=True)
-        box.fill(value)
-        box.press("Enter")
-        time.sleep(1)  # the rerun the new value starts
-        settle(page)
+    type_into(page, "steps", str(steps))
+    type_into(page, "Run label (optional)", label)
     page.get_by_text("Compare methods: launch a sweep").click()
-    seeds = page.get_by_label("Seeds", exact=True)
-    seeds.fill("0,1,2")
-    seeds.press("Enter")
-    time.sleep(1)
-    settle(page)
+    type_into(page, "Seeds", "0,1,2")
     page.get_by_role("button", name="Start sweep").click()
     page.get_by_text(re.compile(rf"seed 2 · {label}")).first.wait_for()
 

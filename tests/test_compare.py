@@ -20,9 +20,8 @@ if str(ROOT) not in sys.path:
 import lora_explorer as lx  # after the path fix
 from lora_explorer import compare, plots, store, sweeps, ui
 from test_insight import charts, values  # noqa: E402
-from test_insight import open_page as open_app_page  # noqa: E402
+from conftest import open_page as open_app_page  # noqa: E402
 
-APP = str(ROOT / "app.py")
 COMPARE = "pages/4_Compare.py"
 
 

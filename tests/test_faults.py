@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import patched_loss, run_dirs
+from conftest import open_page, patched_loss, run_dirs
 from lora_explorer import store
 from test_app import progress, run_until, start, train_page
-from test_insight import open_page
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = """

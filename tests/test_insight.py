@@ -20,8 +20,8 @@ if str(ROOT) not in sys.path:
 import lora_explorer as lx  # after the path fix
 from lora_explorer import crossrun, plots, store, ui
 from lora_explorer.errors import ConfigError
+from conftest import open_page  # noqa: E402
 
-APP = str(ROOT / "app.py")
 SPECTRA, ALIGNMENT = "pages/2_Spectra.py", "pages/3_Alignment.py"
 STEPS = 20
 COMPARED = ("lora", "lora-drop", "adalora", "lora-ga")  # chosen on the pages; the full FT run is the reference
@@ -44,15 +44,6 @@ def sample(tmp_path_factory):
                     "grad_norm": 1.0}) + "\n"
         for step in (0, 10, 20) for layer, cos in (("fc1", step / 40), ("fc2", step / 40 + 0.1))))
     return root, made
-
-
-def open_page(page: str, query_params: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    for key, value in (query_params or {}).items():
-        at.query_params[key] = value
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def charts(at: AppTest) -> dict[str, dict]:

@@ -6,16 +6,14 @@ from streamlit.testing.v1 import AppTest
 from lora_explorer import presets, ui
 from lora_explorer.config import RunConfig
 from lora_explorer.methods import REGISTRY
-from test_app import APP, run_until
+from conftest import open_page
+from test_app import run_until
 
 LEARN = "pages/5_Learn.py"
 
 
 def learn_page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.switch_page(LEARN).run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(LEARN)
 
 
 def test_every_method_has_its_rule_text_and_try_it(app_runs):
